@@ -1,0 +1,68 @@
+"""ONNX Runtime sessions and provider choice, shared by quant, bench and eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+import psutil
+
+from vitqbench.errors import VitqbenchError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def resolve_provider(name: str) -> str:
+    """Map ``cpu|cuda|tensorrt`` to an available ORT provider, or fail with one clear line."""
+    key = name.lower()
+    if key not in PROVIDERS:
+        raise VitqbenchError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDERS)}")
+    provider = PROVIDERS[key]
+    available = ort.get_available_providers()
+    if provider not in available:
+        hint = " (install the GPU wheel: pip install 'vitqbench[gpu]')" if key != "cpu" else ""
+        raise VitqbenchError(
+            f"provider {name} ({provider}) is not available; available: {', '.join(available)}{hint}"
+        )
+    return provider
+
+
+def session_options(threads: int | None = None, allow_spinning: bool = True) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if not allow_spinning:
+        # With several sessions alive on few cores, idle spinning threads steal the running one's cores.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def create_session(
+    path: str | Path,
+    provider: str = "cpu",
+    threads: int | None = None,
+    allow_spinning: bool = True,
+) -> ort.InferenceSession:
+    """An InferenceSession on the named provider (CPU as fallback for ops the provider lacks)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitqbenchError(f"no such file: {path}")
+    chosen = resolve_provider(provider)
+    providers = [chosen] if chosen == PROVIDERS["cpu"] else [chosen, PROVIDERS["cpu"]]
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads, allow_spinning), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own exception classes with multi-line messages
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VitqbenchError(f"ONNX Runtime cannot load {path}: {first_line}") from exc
