@@ -1,0 +1,68 @@
+"""Peak memory of the current process: resident (CPU) and, on NVIDIA GPUs, device memory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    try:
+        import resource
+    except ImportError:  # Windows: psutil exposes the peak working set instead
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def _nvidia_smi(args: list[str]) -> list[str]:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _process_used_mb(pid: int) -> float | None:
+    for line in _nvidia_smi(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]):
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return float(fields[1])
+    return None
+
+
+def _device_used_mb() -> float | None:
+    lines = _nvidia_smi(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    return float(lines[0]) if lines and lines[0].isdigit() else None
+
+
+class GpuMemoryProbe:
+    """Peak GPU memory of one process, sampled between measurement rounds (outside the timed loop).
+
+    Per-process figures come from ``nvidia-smi --query-compute-apps``; inside containers the
+    process is often not listed (PID namespaces), and the probe falls back to the growth of the
+    first device's used memory since the probe was made (``scope == "device"``).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline = _device_used_mb()
+        self.peak_mb: float | None = None
+        self.scope: str | None = None
+
+    def sample(self) -> None:
+        used = _process_used_mb(self.pid)
+        scope = "process"
+        if used is None and self.baseline is not None:
+            device = _device_used_mb()
+            used = None if device is None else device - self.baseline
+            scope = "device"
+        if used is not None and (self.peak_mb is None or used > self.peak_mb):
+            self.peak_mb, self.scope = used, scope

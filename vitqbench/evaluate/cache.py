@@ -1,0 +1,161 @@
+"""The eval cache: per-sample model outputs and fitted score state, keyed by content hashes.
+
+Outputs of one (model file, dataset, provider) cell are written in shards as inference goes,
+each shard atomically, so an interrupted run resumes from the last finished shard; a finished
+cell is merged into one file and its shards removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.files import atomic_path
+
+CACHE_ENV = "VITQBENCH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitqbench"
+
+
+def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VitqbenchError(f"cannot create cache directory {root}: {exc.strerror}") from exc
+    return root
+
+
+@dataclass
+class Outputs:
+    """What one model produced on one dataset, in dataset order."""
+
+    logits: np.ndarray  # [N, num_classes] float32
+    features: np.ndarray  # [N, D] float32
+    labels: np.ndarray | None  # [N] int64, None for an unlabelled set
+    paths: np.ndarray  # [N] str
+    indices: np.ndarray  # [N] int64, the dataset indices (0..N-1 once complete)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def save(self, path: Path) -> None:
+        arrays = {"logits": self.logits, "features": self.features, "paths": self.paths, "indices": self.indices}
+        if self.labels is not None:
+            arrays["labels"] = self.labels
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Outputs:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                logits=z["logits"],
+                features=z["features"],
+                labels=z["labels"] if "labels" in z.files else None,
+                paths=z["paths"],
+                indices=z["indices"],
+            )
+
+    @classmethod
+    def concat(cls, parts: list[Outputs]) -> Outputs:
+        order = np.argsort(np.concatenate([p.indices for p in parts]), kind="stable")
+        labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        return cls(
+            logits=np.concatenate([p.logits for p in parts])[order],
+            features=np.concatenate([p.features for p in parts])[order],
+            labels=None if labels is None else labels[order],
+            paths=np.concatenate([p.paths for p in parts])[order],
+            indices=np.concatenate([p.indices for p in parts])[order],
+        )
+
+
+def outputs_key(model_sha256: str, dataset_key: str, provider: str) -> str:
+    return f"{model_sha256[:20]}__{dataset_key}__{provider}"
+
+
+class OutputCache:
+    """Finished cells as ``outputs/KEY.npz``; unfinished ones as ``outputs/KEY.parts/NNNNNN.npz``."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "outputs"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+    def get(self, key: str) -> Outputs | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            return Outputs.load(path)
+        except (OSError, ValueError, KeyError):  # a foreign or damaged file is recomputed, never trusted
+            path.unlink(missing_ok=True)
+            return None
+
+    def parts_dir(self, key: str) -> Path:
+        return self.dir / f"{key}.parts"
+
+    def load_parts(self, key: str) -> list[Outputs]:
+        parts_dir = self.parts_dir(key)
+        parts = []
+        for shard in sorted(parts_dir.glob("*.npz")) if parts_dir.is_dir() else []:
+            try:
+                parts.append(Outputs.load(shard))
+            except (OSError, ValueError, KeyError):
+                shard.unlink(missing_ok=True)
+        return parts
+
+    def save_part(self, key: str, part: Outputs) -> None:
+        parts_dir = self.parts_dir(key)
+        parts_dir.mkdir(exist_ok=True)
+        part.save(parts_dir / f"{int(part.indices[0]):09d}.npz")
+
+    def finish(self, key: str, parts: list[Outputs]) -> Outputs:
+        out = Outputs.concat(parts)
+        out.save(self.path(key))
+        parts_dir = self.parts_dir(key)
+        if parts_dir.is_dir():
+            for shard in parts_dir.glob("*.npz"):
+                shard.unlink(missing_ok=True)
+            parts_dir.rmdir()
+        return out
+
+
+def score_state_key(model_sha256: str, fit_key: str, score: str, params: dict[str, Any]) -> str:
+    text = json.dumps({"model": model_sha256, "fit": fit_key, "score": score, "params": params}, sort_keys=True)
+    return f"{score}__{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+class ScoreStateCache:
+    """Fitted score state as whatever the score's own save/load produces, under ``scores/KEY``."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "scores"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+
+__all__ = [
+    "CACHE_ENV",
+    "OutputCache",
+    "Outputs",
+    "ScoreStateCache",
+    "default_cache_dir",
+    "outputs_key",
+    "resolve_cache_dir",
+    "score_state_key",
+]

@@ -1,0 +1,196 @@
+"""The results of an eval run as plain dataclasses: what results.json, results.csv and report.md show.
+
+Per-sample arrays (scores, labels) ride along in ``EvalResults.samples`` for plots and
+``--save-outputs``; they are never written into results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ID_METRICS = ("top1", "top5", "ece")
+OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+# Lower is better for these; the report marks which direction a delta goes.
+LOWER_IS_BETTER = {"ece", "fpr95"}
+MEAN = "mean"  # the pseudo OOD set holding averages over the OOD sets
+
+
+@dataclass
+class ModelInfo:
+    label: str  # unique short name used in tables and file names
+    path: str
+    sha256: str
+    size_bytes: int
+    precision: str
+    display_name: str
+    baseline: str | None  # label of the model this one's deltas are taken against
+    metadata: dict[str, Any]
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    role: str  # "id", "ood" or "fit"
+    spec: str
+    key: str
+    size: int
+    num_classes: int | None
+    synthetic: bool
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class IdMetrics:
+    model: str
+    dataset: str
+    n: int
+    top1: float | None
+    top5: float | None
+    ece: float | None
+
+
+@dataclass
+class OodMetrics:
+    model: str
+    dataset: str  # an OOD set name, or MEAN for the average over OOD sets
+    score: str
+    n_id: int
+    n_ood: int
+    auroc: float
+    aupr_in: float
+    aupr_out: float
+    fpr95: float
+    n_nonfinite: int = 0
+
+
+@dataclass
+class Delta:
+    """``value - baseline_value`` (absolute) and that over ``|baseline_value|`` (relative)."""
+
+    model: str
+    baseline: str
+    dataset: str
+    score: str | None  # None for ID metrics
+    metric: str
+    value: float
+    baseline_value: float
+    abs: float
+    rel: float | None
+
+
+@dataclass
+class Failure:
+    model: str | None
+    dataset: str | None
+    stage: str  # "load-model", "load-data", "inference", "fit", "score", "bench", ...
+    message: str
+
+    def describe(self) -> str:
+        cell = " x ".join(p for p in (self.model, self.dataset) if p) or "run"
+        return f"[{cell}] {self.stage}: {self.message}"
+
+
+@dataclass
+class EvalResults:
+    models: list[ModelInfo]
+    datasets: list[DatasetInfo]
+    scores: list[dict[str, Any]]
+    id_metrics: list[IdMetrics]
+    ood_metrics: list[OodMetrics]
+    deltas: list[Delta]
+    failures: list[Failure]
+    settings: dict[str, Any]
+    versions: dict[str, str]
+    cache: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    bench: list[dict[str, Any]] = field(default_factory=list)
+    # (model label, dataset name) -> {"labels", "predictions", "paths", "<score>": scores}; not in JSON
+    samples: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def id_dataset(self) -> str | None:
+        return next((d.name for d in self.datasets if d.role == "id"), None)
+
+    @property
+    def ood_datasets(self) -> list[str]:
+        return [d.name for d in self.datasets if d.role == "ood"]
+
+    @property
+    def score_names(self) -> list[str]:
+        return [s["name"] for s in self.scores]
+
+    def model(self, label: str) -> ModelInfo:
+        return next(m for m in self.models if m.label == label)
+
+    def id_metric(self, model: str) -> IdMetrics | None:
+        return next((r for r in self.id_metrics if r.model == model), None)
+
+    def ood_metric(self, model: str, dataset: str, score: str) -> OodMetrics | None:
+        return next(
+            (r for r in self.ood_metrics if (r.model, r.dataset, r.score) == (model, dataset, score)), None
+        )
+
+    def delta(self, model: str, dataset: str, score: str | None, metric: str) -> Delta | None:
+        return next(
+            (
+                d
+                for d in self.deltas
+                if (d.model, d.dataset, d.score, d.metric) == (model, dataset, score, metric)
+            ),
+            None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "samples"}
+        return _plain(d)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: dataclasses to dicts, tuples to lists, numpy scalars to Python, NaN to None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def compute_deltas(
+    models: list[ModelInfo], id_metrics: list[IdMetrics], ood_metrics: list[OodMetrics]
+) -> list[Delta]:
+    """Every metric of every model that has a baseline, against that baseline's same metric."""
+    id_by = {r.model: r for r in id_metrics}
+    ood_by = {(r.model, r.dataset, r.score): r for r in ood_metrics}
+    deltas: list[Delta] = []
+    for m in models:
+        base = m.baseline
+        if base is None or base == m.label:
+            continue
+        if m.label in id_by and base in id_by:
+            row, ref = id_by[m.label], id_by[base]
+            for metric in ID_METRICS:
+                _append(deltas, m.label, base, row.dataset, None, metric, getattr(row, metric), getattr(ref, metric))
+        for (model, dataset, score), row in ood_by.items():
+            ref = ood_by.get((base, dataset, score))
+            if model != m.label or ref is None:
+                continue
+            for metric in OOD_METRICS:
+                _append(deltas, model, base, dataset, score, metric, getattr(row, metric), getattr(ref, metric))
+    return deltas
+
+
+def _append(out: list[Delta], model, base, dataset, score, metric, value, ref) -> None:
+    if value is None or ref is None or not (np.isfinite(value) and np.isfinite(ref)):
+        return
+    diff = float(value) - float(ref)
+    rel = diff / abs(float(ref)) if ref != 0 else None
+    out.append(Delta(model, base, dataset, score, metric, float(value), float(ref), diff, rel))

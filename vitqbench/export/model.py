@@ -1,0 +1,218 @@
+"""Build a timm model from a name, a tag, a checkpoint or a seed, and describe its preprocessing."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from timm.models import is_model, split_model_name_tag
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.files import sha256_file
+from vitqbench.metadata import DataConfig
+
+CHECKPOINT_METADATA_KEY = "vitqbench.checkpoint"
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    timm_name: str
+    timm_tag: str | None
+    model_kwargs: dict[str, Any]
+    source: dict[str, Any]
+    class_names: list[str] | None = None
+    data_config_overrides: dict[str, Any] | None = None
+
+
+def check_model_name(name: str) -> tuple[str, str | None]:
+    """Split ``arch.tag`` and make sure timm knows the architecture, suggesting close names if not."""
+    arch, tag = split_model_name_tag(name)
+    if not is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise VitqbenchError(f"unknown timm model {arch!r}{hint}")
+    if tag and name not in timm.list_pretrained(name):
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+        hint = f"; known tags: {', '.join(tags)}" if tags else "; it has no pretrained tags"
+        raise VitqbenchError(f"unknown pretrained tag {tag!r} for {arch}{hint}")
+    return arch, tag or None
+
+
+@contextlib.contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """Silence the hub's per-retry log lines; the failure is reported once, by us."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict safely: safetensors, or torch.load with ``weights_only=True``."""
+    if not path.is_file():
+        raise VitqbenchError(f"no such checkpoint: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VitqbenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+    for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VitqbenchError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def apply_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: Path) -> None:
+    """Load ``state`` strictly, naming the first mismatching keys when it does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}")
+    if wrong_shape:
+        problems.append(f"shape mismatch {', '.join(wrong_shape[:3])} (checkpoint vs model)")
+    if problems:
+        raise VitqbenchError(f"checkpoint {origin} does not match the architecture: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def read_checkpoint_description(path: Path) -> dict[str, Any] | None:
+    """The description that `vitqbench train` stores in a safetensors checkpoint's header, if any."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise VitqbenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+    text = header.get(CHECKPOINT_METADATA_KEY)
+    return json.loads(text) if text else None
+
+
+def build_model(
+    model: str,
+    *,
+    pretrained: bool = True,
+    checkpoint: Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> BuiltModel:
+    """Create the timm model described by the arguments, in eval mode.
+
+    ``model`` is a timm name (``arch`` or ``arch.tag``) or the path of a vitqbench training
+    checkpoint, which describes its own architecture.
+    """
+    kwargs = dict(model_kwargs or {})
+    class_names = None
+    overrides = None
+    path = Path(model)
+    description = read_checkpoint_description(path) if path.suffix == ".safetensors" else None
+    if path.suffix in {".safetensors", ".pth", ".pt"} and description is None:
+        if path.is_file():
+            raise VitqbenchError(
+                f"{path} is not a vitqbench training checkpoint; pass a timm name and --checkpoint {path}"
+            )
+        raise VitqbenchError(f"no such checkpoint: {path}")
+    if description is not None:
+        checkpoint = path
+        model = description["timm_name"]
+        kwargs = {**description.get("model_kwargs", {}), **kwargs}
+        class_names = description.get("class_names")
+        overrides = description.get("data_config")
+    arch, tag = check_model_name(model)
+    use_pretrained = pretrained and checkpoint is None
+    torch.manual_seed(seed)
+    try:
+        with _quiet_hub():
+            net = timm.create_model(model if use_pretrained else arch, pretrained=use_pretrained, **kwargs)
+    except TypeError as exc:
+        raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
+    except Exception as exc:
+        if not use_pretrained:
+            raise VitqbenchError(f"cannot build {arch} with {kwargs}: {str(exc).splitlines()[0]}") from exc
+        raise VitqbenchError(
+            f"cannot load pretrained weights for {model} (offline or not published: "
+            f"{type(exc).__name__}); use --checkpoint PATH for local weights or --no-pretrained"
+        ) from exc
+    if checkpoint is not None:
+        apply_state_dict(net, load_state_dict(Path(checkpoint)), Path(checkpoint))
+        source = {"kind": "checkpoint", "path": str(checkpoint), "sha256": sha256_file(checkpoint)}
+    elif use_pretrained:
+        source = {"kind": "pretrained", "tag": net.pretrained_cfg.get("tag"), "seed": None}
+        tag = tag or net.pretrained_cfg.get("tag")
+    else:
+        source = {"kind": "random", "seed": seed}
+    return BuiltModel(net.eval(), arch, tag, kwargs, source, class_names, overrides)
+
+
+def _per_channel(values: tuple[float, ...] | list[float], channels: int, what: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if channels == 1:
+        # A 3-channel ImageNet default on a 1-channel model: the mean over channels keeps its scale.
+        return (sum(values) / len(values),)
+    raise VitqbenchError(f"{what} has {len(values)} values but the model takes {channels} channels")
+
+
+def data_config_for(
+    built: BuiltModel,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> DataConfig:
+    """timm's eval data config, with the input size read off the model itself (not its pretrained_cfg)."""
+    config = dict(resolve_model_data_config(built.model))
+    config.update(built.data_config_overrides or {})
+    embed = getattr(built.model, "patch_embed", None)
+    channels = int(getattr(getattr(embed, "proj", None), "in_channels", config["input_size"][0]))
+    img_size = getattr(embed, "img_size", None) or config["input_size"][1:]
+    config["input_size"] = (channels, int(img_size[0]), int(img_size[1]))
+    if mean is not None:
+        config["mean"] = mean
+    if std is not None:
+        config["std"] = std
+    if interpolation is not None:
+        config["interpolation"] = interpolation
+    if crop_pct is not None:
+        if not 0 < crop_pct <= 1:
+            raise VitqbenchError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        config["crop_pct"] = crop_pct
+    config["mean"] = _per_channel(config["mean"], channels, "mean")
+    config["std"] = _per_channel(config["std"], channels, "std")
+    if any(s <= 0 for s in config["std"]):
+        raise VitqbenchError("std values must be positive")
+    return DataConfig.from_dict(config)

@@ -1,0 +1,210 @@
+"""timm model -> ONNX with `logits` and `features` outputs, self-describing metadata, verified."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.export.model import BuiltModel, build_model, data_config_for
+from vitqbench.files import atomic_path
+from vitqbench.metadata import FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
+from vitqbench.runtime import create_session
+
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-3
+
+
+class LogitsAndFeatures(torch.nn.Module):
+    """Expose the pre-logits embedding beside the logits, computing the trunk once."""
+
+    def __init__(self, model: torch.nn.Module, linear_head: bool):
+        super().__init__()
+        self.model = model
+        self.linear_head = linear_head
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.forward_features(pixel_values)
+        features = self.model.forward_head(tokens, pre_logits=True)
+        if self.linear_head:
+            logits = self.model.get_classifier()(features)
+        else:  # e.g. distilled DeiT: logits average two heads over two different tokens
+            logits = self.model.forward_head(tokens)
+        return logits, features
+
+
+@dataclass
+class Verification:
+    max_abs_logits: float
+    max_abs_features: float
+    top1_agreement: float
+    batch_sizes: tuple[int, ...]
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_logits <= self.tolerance and self.max_abs_features <= self.tolerance
+
+
+def _has_linear_head(model: torch.nn.Module, example: torch.Tensor) -> bool:
+    """True when ``logits == head(features)`` exactly, so ViM/ReAct may use the head's weights."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    with torch.no_grad():
+        tokens = model.forward_features(example)
+        full = model.forward_head(tokens)
+        via_head = head(model.forward_head(tokens, pre_logits=True))
+    return isinstance(full, torch.Tensor) and torch.allclose(full, via_head, atol=1e-6, rtol=1e-5)
+
+
+def _find_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> tuple[str, bool] | None:
+    """The initializer holding ``value`` (by name first, then by content); second item: transposed."""
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init.name, False
+    for init in model.graph.initializer:
+        if tuple(init.dims) not in {value.shape, value.shape[::-1]}:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.shape == value.shape and np.array_equal(array, value):
+            return init.name, False
+        if array.ndim == 2 and array.shape == value.T.shape and np.array_equal(array, value.T):
+            return init.name, True
+    return None
+
+
+def _head_ref(proto: onnx.ModelProto, head: torch.nn.Linear) -> HeadRef | None:
+    weight = head.weight.detach().numpy()
+    found = _find_initializer(proto, "model.head.weight", weight)
+    if found is None:
+        return None
+    bias_name = None
+    if head.bias is not None:
+        bias = head.bias.detach().numpy()
+        bias_found = _find_initializer(proto, "model.head.bias", bias)
+        if bias_found is None and np.any(bias):
+            return None
+        # An all-zero bias (fresh init) is folded away by the exporter; read_head then uses zeros.
+        bias_name = bias_found[0] if bias_found else None
+    return HeadRef(weight=found[0], bias=bias_name, layout="in_out" if found[1] else "out_in")
+
+
+def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=[INPUT],
+            output_names=[LOGITS, FEATURES],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def verify_onnx(
+    path: Path, wrapper: torch.nn.Module, input_shape: tuple[int, ...], tolerance: float, seed: int = 0
+) -> Verification:
+    """Compare ONNX Runtime with PyTorch on random batches of 1 and 3 images."""
+    session = create_session(path, threads=None)
+    generator = torch.Generator().manual_seed(seed)
+    worst_logits = worst_features = 0.0
+    agree = total = 0
+    for batch in (1, 3):
+        x = torch.randn((batch, *input_shape), generator=generator)
+        with torch.no_grad():
+            ref_logits, ref_features = (t.numpy() for t in wrapper(x))
+        logits, features = session.run([LOGITS, FEATURES], {INPUT: x.numpy()})
+        worst_logits = max(worst_logits, float(np.abs(logits - ref_logits).max()))
+        worst_features = max(worst_features, float(np.abs(features - ref_features).max()))
+        agree += int((logits.argmax(1) == ref_logits.argmax(1)).sum())
+        total += batch
+    return Verification(worst_logits, worst_features, agree / total, (1, 3), tolerance)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: ModelMetadata
+    verification: Verification | None
+
+
+def export_model(
+    model: str,
+    out: Path,
+    *,
+    pretrained: bool = True,
+    checkpoint: Path | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    verify: bool = True,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = DEFAULT_TOLERANCE,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> ExportResult:
+    """Export ``model`` to ``out``; the file appears only if export (and verification) succeed."""
+    out = Path(out)
+    if opset < 18:
+        raise VitqbenchError(f"opset {opset} is too old: the exporter needs opset >= 18")
+    built: BuiltModel = build_model(
+        model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs, seed=seed
+    )
+    net = built.model
+    num_classes = int(getattr(net, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        raise VitqbenchError(f"{built.timm_name} has no classifier head (num_classes={num_classes})")
+    data_config = data_config_for(built, mean, std, interpolation, crop_pct)
+    example = torch.randn((2, *data_config.input_size), generator=torch.Generator().manual_seed(seed))
+    linear_head = _has_linear_head(net, example)
+    wrapper = LogitsAndFeatures(net, linear_head).eval()
+    try:
+        proto = _to_onnx(wrapper, example, opset)
+    except VitqbenchError:
+        raise
+    except Exception as exc:
+        raise VitqbenchError(f"ONNX export of {built.timm_name} failed: {str(exc).splitlines()[0]}") from exc
+    feature_dim = int(getattr(net, "num_features", 0) or wrapper(example)[1].shape[1])
+    meta = ModelMetadata(
+        timm_name=built.timm_name,
+        timm_tag=built.timm_tag,
+        model_kwargs=built.model_kwargs,
+        source=built.source,
+        num_classes=num_classes,
+        feature_dim=feature_dim,
+        data_config=data_config,
+        head=_head_ref(proto, net.get_classifier()) if linear_head else None,
+        class_names=built.class_names,
+        opset=opset,
+    )
+    set_metadata(proto, meta)
+    verification = None
+    with atomic_path(out, suffix=".onnx") as tmp:
+        onnx.save(proto, str(tmp))
+        if verify:
+            with torch.no_grad():
+                verification = verify_onnx(tmp, wrapper, data_config.input_size, tolerance, seed)
+            if not verification.passed:
+                raise VitqbenchError(
+                    f"verification failed: max |delta logits| {verification.max_abs_logits:.2e}, "
+                    f"max |delta features| {verification.max_abs_features:.2e} > tolerance {tolerance:g}; "
+                    f"nothing written (use --no-verify to keep it anyway)"
+                )
+    return ExportResult(out, meta, verification)

@@ -1,0 +1,126 @@
+"""Calibration images for quantization: a seeded subset of a DATA spec, streamed in batches.
+
+The images are preprocessed by the data part with the model's own data config, i.e. exactly as
+eval feeds them, and are never held in memory all at once whatever ``--calib-size`` is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.metadata import DataConfig
+
+
+@dataclass
+class CalibConfig:
+    """Where calibration images come from and how many to use."""
+
+    data: str
+    size: int = 256
+    seed: int = 0
+    batch_size: int = 16
+    cache_dir: Path | None = None
+
+
+@dataclass
+class CalibrationSet:
+    """A fixed, seeded subset of a dataset; iterating yields float32 [B, C, H, W] batches (re-iterable)."""
+
+    config: CalibConfig
+    data_config: DataConfig
+    dataset: Any
+    indices: np.ndarray
+    progress: bool = False
+    _passes: int = field(default=0, repr=False)
+
+    def __len__(self) -> int:
+        """Number of batches in one pass."""
+        return -(-len(self.indices) // self.config.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from vitqbench.data import iter_batches
+
+        self._passes += 1
+        for batch in iter_batches(
+            self.dataset,
+            self.data_config,
+            batch_size=self.config.batch_size,
+            cache_dir=self.config.cache_dir,
+            progress=self.progress,
+            indices=self.indices,
+        ):
+            yield np.ascontiguousarray(batch.images, dtype=np.float32)
+
+    def record(self) -> dict[str, Any]:
+        """What goes into the quantization record: enough to rebuild the same subset."""
+        return {
+            "data": self.config.data,
+            "dataset": getattr(self.dataset, "name", None),
+            "dataset_key": getattr(self.dataset, "key", None),
+            "available": len(self.dataset),
+            "size": int(len(self.indices)),
+            "seed": self.config.seed,
+        }
+
+
+def calibration_set(config: CalibConfig, data_config: DataConfig, progress: bool = False) -> CalibrationSet:
+    """Load ``config.data`` and draw the seeded subset, failing early with one line on bad input."""
+    if config.size < 1:
+        raise VitqbenchError(f"--calib-size must be at least 1 (got {config.size})")
+    if config.batch_size < 1:
+        raise VitqbenchError(f"calibration batch size must be at least 1 (got {config.batch_size})")
+    from vitqbench.data import load_dataset
+
+    dataset = load_dataset(config.data)
+    found = len(dataset)
+    if found == 0:
+        raise VitqbenchError(f"calibration set {config.data!r} holds no images")
+    if found < config.size:
+        raise VitqbenchError(
+            f"calibration set {config.data!r} has {found} images, fewer than --calib-size {config.size}; "
+            f"pass --calib-size {found} or a larger set"
+        )
+    rng = np.random.default_rng(config.seed)
+    # Sorted so the decode cache is read front to back.
+    indices = np.sort(rng.choice(found, size=config.size, replace=False))
+    return CalibrationSet(config, data_config, dataset, indices, progress)
+
+
+class BatchReader(CalibrationDataReader):
+    """ORT's data-reader protocol over a calibration set, one batch per ``set_range`` window.
+
+    ``quantize_static`` with ``CalibStridedMinMax`` calls ``set_range`` then ``collect_data`` per
+    window; histogram calibrators fold each window into their histograms and drop the activations,
+    which is what keeps entropy/percentile calibration memory bounded.
+    """
+
+    def __init__(self, batches: CalibrationSet, input_name: str, on_batch=None) -> None:
+        self._n = len(batches)
+        self._it = iter(batches)
+        self._input_name = input_name
+        self._budget = self._n
+        self._on_batch = on_batch
+
+    def __len__(self) -> int:
+        return self._n
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._budget = end_index - start_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._budget <= 0:
+            return None
+        batch = next(self._it, None)
+        if batch is None:
+            return None
+        self._budget -= 1
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        return {self._input_name: batch}
