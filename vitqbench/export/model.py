@@ -154,7 +154,7 @@ def build_model(
     torch.manual_seed(seed)
     try:
         with _quiet_hub():
-            net = timm.create_model(model if use_pretrained else arch, pretrained=use_pretrained, **kwargs)
+            net = timm.create_model(model, pretrained=use_pretrained, **kwargs)
     except TypeError as exc:
         raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
     except Exception as exc:
