@@ -1,0 +1,78 @@
+"""`vitqbench train` for a few epochs and `vitqbench demo` end to end in a reduced mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from vitqbench.demo import DemoConfig, run_demo
+from vitqbench.metadata import read_metadata
+from vitqbench.runtime import create_session
+from vitqbench.train import TrainConfig, train_model
+
+SMALL = {"embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 16}
+
+
+def test_train_loss_decreases_and_checkpoint_exports_without_flags(tmp_path, run_cli):
+    ckpt = tmp_path / "digits.safetensors"
+    config = TrainConfig(data="digits:train:n=300", epochs=6, model_kwargs=SMALL, batch_size=32, seed=1)
+    result = train_model(config, ckpt, progress=False)
+    assert result.losses[-1] < result.losses[0]
+    assert 0.0 <= result.val_accuracy <= 1.0 and result.num_train + result.num_val == 300
+    with safe_open(str(ckpt), framework="pt") as f:
+        description = json.loads(f.metadata()["vitqbench.checkpoint"])
+    assert description["train"]["seed"] == 1 and description["timm_name"] == "vit_tiny_patch16_224"
+
+    out = tmp_path / "m.onnx"
+    exported = run_cli("export", ckpt, "-o", out)
+    assert exported.code == 0, exported.stderr
+    meta = read_metadata(out)
+    assert meta.source["kind"] == "checkpoint" and meta.num_classes == 10
+    assert meta.class_names == [str(i) for i in range(10)]
+    assert meta.data_config.input_size == (3, 16, 16) and meta.data_config.crop_pct == 1.0
+    logits, _ = create_session(out).run(None, {"pixel_values": np.zeros((2, 3, 16, 16), np.float32)})
+    assert logits.shape == (2, 10)
+
+
+def test_training_is_reproducible(tmp_path):
+    config = TrainConfig(data="digits:train:n=120", epochs=2, model_kwargs=SMALL, batch_size=32)
+    a = train_model(config, tmp_path / "a.safetensors", progress=False)
+    b = train_model(config, tmp_path / "b.safetensors", progress=False)
+    assert a.losses == b.losses
+
+
+def test_train_rejects_unlabelled_data_and_bad_names(tmp_path, run_cli):
+    result = run_cli("train", "--data", "noise:gaussian:n=20", "-o", tmp_path / "x.safetensors")
+    assert result.code == 2 and "no labels" in result.stderr
+    result = run_cli("train", "--data", "digits", "-o", tmp_path / "x.pth")
+    assert result.code == 2 and "safetensors" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_reduced_end_to_end(tmp_path):
+    config = DemoConfig(
+        out=tmp_path / "demo",
+        epochs=3,
+        ood_size=40,
+        calib_size=16,
+        bench_iters=3,
+        scores="msp,energy,mahalanobis,vim",
+        cache_dir=tmp_path / "cache",
+        extra_train={"model_kwargs": SMALL},
+    )
+    results = run_demo(config)
+    report = (config.out / "report.md").read_text()
+    for precision in ("fp32", "int8", "int4"):
+        assert precision in report
+    assert (config.out / "results.csv").stat().st_size > 0
+    assert any((config.out / "plots").glob("*.png"))
+    document = json.loads((config.out / "results.json").read_text())
+    assert len(document["models"]) == 3
+    assert sorted(m.precision for m in results.models) == ["fp32", "int4", "int8"]
+    assert len(results.id_metrics) == 3
+    assert all(0.0 <= m.top1 <= 1.0 and 0.0 <= m.top5 <= 1.0 for m in results.id_metrics)
+    assert all(0.0 <= m.auroc <= 1.0 and 0.0 <= m.fpr95 <= 1.0 for m in results.ood_metrics)
+    assert not results.failures

@@ -1,0 +1,191 @@
+"""Train a small timm VisionTransformer on CPU and save a self-describing safetensors checkpoint.
+
+These are the trained models behind every accuracy and OOD number vitqbench reports offline:
+random-init weights say nothing about how quantization changes accuracy or OOD detection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import save_file
+
+from vitqbench.data import Dataset, decoded_images, load_dataset
+from vitqbench.errors import VitqbenchError
+from vitqbench.export.model import CHECKPOINT_METADATA_KEY, check_model_name
+from vitqbench.files import atomic_path
+from vitqbench.metadata import DataConfig
+
+DEFAULT_MODEL = "vit_tiny_patch16_224"
+# 28x28 inputs in 4x4 patches: 49 tokens; K = 128 and 512 keep every 4-bit block size (32/64/128) exact.
+DEFAULT_KWARGS: dict[str, Any] = dict(img_size=28, patch_size=4, embed_dim=128, depth=4, num_heads=4)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    model: str = DEFAULT_MODEL
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    max_shift: int = 2  # light augmentation: random translation by up to this many pixels
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    val_accuracy: float
+    losses: list[float]
+    seconds: float
+    num_train: int
+    num_val: int
+
+
+def _normalized(images: np.ndarray, config: DataConfig) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(config.mean).view(1, -1, 1, 1)
+    std = torch.tensor(config.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Random translation with edge padding, one offset per image."""
+    if max_shift <= 0:
+        return x
+    _, _, h, w = x.shape
+    padded = F.pad(x, [max_shift] * 4, mode="replicate")
+    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=generator)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
+    return correct / max(1, len(x))
+
+
+def _labelled(dataset: Dataset) -> np.ndarray:
+    if dataset.labels is None:
+        raise VitqbenchError(f"{dataset.spec} has no labels: training needs class sub-folders or a labelled set")
+    keep = dataset.kept_indices()
+    if len(keep) < 10:
+        raise VitqbenchError(f"{dataset.spec} has only {len(keep)} usable images; training needs more")
+    return keep
+
+
+def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write the checkpoint to ``out`` atomically."""
+    arch, _ = check_model_name(config.model)
+    if config.epochs < 1 or config.batch_size < 1:
+        raise VitqbenchError("--epochs and --batch-size must be at least 1")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dataset = load_dataset(config.data)
+    keep = _labelled(dataset)
+    labels = dataset.labels[keep]
+    num_classes = int(labels.max()) + 1
+    kwargs = {**DEFAULT_KWARGS, **config.model_kwargs} if config.model == DEFAULT_MODEL else dict(config.model_kwargs)
+    kwargs["num_classes"] = num_classes
+    torch.manual_seed(config.seed)
+    try:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
+    size = model.patch_embed.img_size
+    channels = int(model.patch_embed.proj.in_channels)
+    data_config = DataConfig(
+        input_size=(channels, int(size[0]), int(size[1])),
+        mean=(0.5,) * channels,
+        std=(0.5,) * channels,
+        interpolation="bicubic",
+        crop_pct=1.0,
+        crop_mode="center",
+    )
+    images = decoded_images(dataset, data_config, progress=progress)[keep]
+    x_all = _normalized(images, data_config)
+    y_all = torch.from_numpy(labels.astype(np.int64))
+
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(x_all))
+    n_val = max(1, int(round(config.val_fraction * len(order)))) if config.val_fraction > 0 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    x_train, y_train = x_all[train_idx], y_all[train_idx]
+    x_val, y_val = x_all[val_idx], y_all[val_idx]
+
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    val_accuracy = float("nan")
+    start = time.perf_counter()
+    columns = (
+        TextColumn("[bold]train[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("", total=config.epochs)
+        for _epoch in range(config.epochs):
+            model.train()
+            permutation = torch.randperm(len(x_train), generator=generator)
+            total, count = 0.0, 0
+            for i in range(0, len(x_train), config.batch_size):
+                idx = permutation[i : i + config.batch_size]
+                xb = _shift(x_train[idx], config.max_shift, generator)
+                loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+            losses.append(total / count)
+            if n_val:
+                val_accuracy = _accuracy(model, x_val, y_val)
+            bar.update(task, advance=1, description=f"loss {losses[-1]:.3f}  held-out acc {val_accuracy:.3f}")
+    seconds = time.perf_counter() - start
+
+    description = {
+        "timm_name": arch,
+        "model_kwargs": kwargs,
+        "data_config": asdict(data_config),
+        "class_names": [str(c) for c in (dataset.class_names or range(num_classes))][:num_classes],
+        "train": {
+            **{k: v for k, v in asdict(config).items() if k != "model_kwargs"},
+            "num_train": len(train_idx),
+            "num_val": n_val,
+            "val_accuracy": val_accuracy,
+            "final_loss": losses[-1],
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
+    }
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(out, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={CHECKPOINT_METADATA_KEY: json.dumps(description)})
+    return TrainResult(Path(out), val_accuracy, losses, seconds, len(train_idx), n_val)
