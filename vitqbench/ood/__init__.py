@@ -1,1 +1,34 @@
-"""ood"""
+"""OOD detection: scores (a registry; higher = more in-distribution) and OpenOOD's metrics.
+
+Pure numpy/scipy: arrays in, arrays out; nothing here runs a model.
+"""
+
+# isort: off
+# Importing registers the scores; logit scores first so they lead default listings and tables.
+from vitqbench.ood import logit_scores  # noqa: F401
+from vitqbench.ood import feature_scores  # noqa: F401
+
+# isort: on
+from vitqbench.ood.base import SCORES, Score, create_score, default_score_names, load_score
+from vitqbench.ood.metrics import (
+    OODMetrics,
+    RocCurve,
+    expected_calibration_error,
+    ood_metrics,
+    roc_curve,
+    topk_accuracy,
+)
+
+__all__ = [
+    "SCORES",
+    "OODMetrics",
+    "RocCurve",
+    "Score",
+    "create_score",
+    "default_score_names",
+    "expected_calibration_error",
+    "load_score",
+    "ood_metrics",
+    "roc_curve",
+    "topk_accuracy",
+]

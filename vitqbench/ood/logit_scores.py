@@ -1,0 +1,115 @@
+"""Scores read from the logits alone, as OpenOOD's postprocessors of the same names define them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, logsumexp
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.ood.base import Score, check_number, register
+
+
+@register
+@dataclass
+class MSP(Score):
+    """Maximum softmax probability (Hendrycks & Gimpel 2017)."""
+
+    name = "msp"
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(x, axis=1).max(1))
+
+
+@register
+@dataclass
+class MaxLogit(Score):
+    """Largest logit (Hendrycks et al. 2022)."""
+
+    name = "maxlogit"
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return x.max(1)
+
+
+@register
+@dataclass
+class Energy(Score):
+    """Negative free energy ``T * logsumexp(logits / T)`` (Liu et al. 2020; OpenOOD's EBO)."""
+
+    name = "energy"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number("energy temperature", self.temperature, 0.0, open_min=True)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return self.temperature * logsumexp(x / self.temperature, axis=1)
+
+
+@register
+@dataclass
+class Entropy(Score):
+    """Negated entropy of the softmax, ``sum p log p`` (a confident prediction is more ID)."""
+
+    name = "entropy"
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        log_p = log_softmax(x, axis=1)
+        return np.sum(np.exp(log_p) * log_p, axis=1)
+
+
+@register
+@dataclass
+class GEN(Score):
+    """Generalized entropy over the top-M probabilities (Liu et al. 2023), OpenOOD defaults."""
+
+    name = "gen"
+    gamma: float = 0.1
+    M: int = 100  # noqa: N815 - the paper's and OpenOOD's name
+
+    def __post_init__(self) -> None:
+        check_number("gen gamma", self.gamma, 0.0, open_min=True, maximum=1.0)
+        check_number("gen M", self.M, 1, integer=True)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        p = np.exp(log_softmax(x, axis=1))
+        top = np.sort(p, axis=1)[:, -self.M :]
+        return -np.sum(top**self.gamma * (1.0 - top) ** self.gamma, axis=1)
+
+
+@register
+@dataclass
+class TempScale(Score):
+    """MSP of ``logits / T`` (Guo et al. 2017). ``temperature=None`` fits T on the fit set by NLL, as
+    OpenOOD's TemperatureScaling does (we minimize over log T with a bounded 1-D search)."""
+
+    name = "tempscale"
+    needs_labels = True
+    state = ("temperature_",)
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None:
+            check_number("tempscale temperature", self.temperature, 0.0, open_min=True)
+        self.temperature_ = None if self.temperature is None else np.array(float(self.temperature))
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.temperature is None
+
+    def _fit(self, *, features, labels, logits, head) -> None:
+        if labels.max() >= logits.shape[1]:
+            raise VitqbenchError(f"tempscale fit labels reach {labels.max()} but logits have {logits.shape[1]} classes")
+        rows = np.arange(len(labels))
+
+        def nll(log_t: float) -> float:
+            return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean())
+
+        best = minimize_scalar(nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-6})
+        self.temperature_ = np.array(float(np.exp(best.x)))
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return np.exp(log_softmax(x / float(self.temperature_), axis=1).max(1))
