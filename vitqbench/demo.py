@@ -30,6 +30,7 @@ class DemoData:
     train: str
     id: str
     ood: dict[str, str]
+    model_kwargs: dict = field(default_factory=dict)
 
 
 def _fashion_available() -> bool:
@@ -48,6 +49,7 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
             train="digits:train:0-5",
             id="digits:test:0-5",
             ood={"digits-6-9": "digits:6-9", **far, "noise": f"noise:gaussian:n={ood_size}"},
+            model_kwargs={"img_size": 16},  # 8x8 digits: 16x16 input in 4x4 patches, 16 tokens
         )
     if dataset == "fashion-mnist":
         if not fashion:
@@ -84,7 +86,8 @@ class DemoConfig:
 
 def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
     """Train, or reuse the checkpoint an earlier demo trained with the same settings."""
-    train = TrainConfig(data=data.train, epochs=config.epochs, seed=config.seed, **config.extra_train)
+    options = {"model_kwargs": data.model_kwargs, **config.extra_train}
+    train = TrainConfig(data=data.train, epochs=config.epochs, seed=config.seed, **options)
     key = hashlib.sha256(json.dumps(asdict(train), sort_keys=True).encode()).hexdigest()[:16]
     path = (config.cache_dir or default_cache_dir()) / "demo" / f"{config.dataset}-{key}.safetensors"
     if path.is_file():

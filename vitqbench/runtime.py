@@ -58,7 +58,10 @@ def create_session(
     if not path.is_file():
         raise VitqbenchError(f"no such file: {path}")
     chosen = resolve_provider(provider)
-    providers = [chosen] if chosen == PROVIDERS["cpu"] else [chosen, PROVIDERS["cpu"]]
+    fallbacks = [PROVIDERS["cpu"]]
+    if chosen == PROVIDERS["tensorrt"] and PROVIDERS["cuda"] in ort.get_available_providers():
+        fallbacks.insert(0, PROVIDERS["cuda"])  # nodes TensorRT rejects should stay on the GPU
+    providers = [chosen] if chosen == PROVIDERS["cpu"] else [chosen, *fallbacks]
     try:
         return ort.InferenceSession(
             str(path), sess_options=session_options(threads, allow_spinning), providers=providers

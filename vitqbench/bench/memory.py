@@ -5,10 +5,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        # VmHWM belongs to this process's own address space. getrusage's ru_maxrss does not: Linux
+        # carries it across fork and exec, so a worker would inherit its parent's peak.
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
     try:
         import resource
     except ImportError:  # Windows: psutil exposes the peak working set instead
@@ -19,7 +27,7 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _nvidia_smi(args: list[str]) -> list[str]:
+def nvidia_smi(args: list[str]) -> list[str]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
@@ -31,7 +39,7 @@ def _nvidia_smi(args: list[str]) -> list[str]:
 
 
 def _process_used_mb(pid: int) -> float | None:
-    for line in _nvidia_smi(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]):
+    for line in nvidia_smi(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]):
         fields = [f.strip() for f in line.split(",")]
         if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
             return float(fields[1])
@@ -39,7 +47,7 @@ def _process_used_mb(pid: int) -> float | None:
 
 
 def _device_used_mb() -> float | None:
-    lines = _nvidia_smi(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
+    lines = nvidia_smi(["--query-gpu=memory.used", "--format=csv,noheader,nounits"])
     return float(lines[0]) if lines and lines[0].isdigit() else None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.metadata import METADATA_KEY, ModelMetadata, get_metadata, load_onnx
+from vitqbench.metadata import METADATA_KEY, get_metadata, load_onnx
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -32,7 +32,9 @@ class Target:
 
     def check_batch(self, batch: int) -> None:
         if self.fixed_batch is not None and batch != self.fixed_batch:
-            raise VitqbenchError(f"{self.label} has a fixed batch size of {self.fixed_batch}; cannot run batch {batch}")
+            raise VitqbenchError(
+                f"{self.label} has a fixed batch size of {self.fixed_batch}; cannot run batch {batch}"
+            )
 
 
 def _model_mb(path: Path, model: onnx.ModelProto) -> float:
@@ -61,19 +63,20 @@ def inspect_onnx(path: str | Path) -> Target:
         names = ", ".join(i.name for i in inputs) or "none"
         raise VitqbenchError(f"{path} must have exactly one image input; it has {len(inputs)} ({names})")
     (inp,) = inputs
-    meta = get_metadata(model, str(path)) if any(p.key == METADATA_KEY for p in model.metadata_props) else None
-    dtype = _FLOAT_TYPES.get(inp.type.tensor_type.elem_type)
+    has_meta = any(p.key == METADATA_KEY for p in model.metadata_props)
+    meta = get_metadata(model, str(path)) if has_meta else None
+    elem = inp.type.tensor_type.elem_type
+    dtype = _FLOAT_TYPES.get(elem)
     dims = _dims(inp)
     if dtype is None or len(dims) != 4:
-        kind = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name \
-            if inp.type.HasField("tensor_type") and inp.type.tensor_type.elem_type else "non-tensor"
+        got = onnx.TensorProto.DataType.Name(elem).lower() if elem else "non-tensor"
         raise VitqbenchError(
-            f"{path}: input {inp.name!r} is not an image tensor (got {kind} of rank {len(dims)}; "
+            f"{path}: input {inp.name!r} is not an image tensor (got {got} of rank {len(dims)}; "
             "need float [batch, channels, height, width])"
         )
     chw = [d or None for d in dims[1:]]
     if meta is not None:
-        chw = [d or m for d, m in zip(chw, meta.data_config.input_size)]
+        chw = [d or m for d, m in zip(chw, meta.data_config.input_size, strict=True)]
     if any(d is None for d in chw):
         raise VitqbenchError(f"{path}: input {inp.name!r} has no fixed channels/height/width and no metadata")
     if not 1 <= chw[0] <= 4:
@@ -94,7 +97,7 @@ def inspect_onnx(path: str | Path) -> Target:
     )
 
 
-def torch_target(reference: Target, meta: ModelMetadata | None = None) -> Target:
+def torch_target(reference: Target) -> Target:
     """The PyTorch eager row: the reference ONNX model's timm architecture, random init."""
     if reference.timm_name is None:
         raise VitqbenchError(f"--torch needs vitqbench metadata (timm name) in {reference.path}")
@@ -113,6 +116,4 @@ def torch_target(reference: Target, meta: ModelMetadata | None = None) -> Target
 def label_targets(targets: list[Target]) -> list[Target]:
     """File names as labels, or the full paths where two files share a name."""
     names = [t.label for t in targets]
-    return [
-        dataclasses.replace(t, label=str(t.path)) if t.path and names.count(t.label) > 1 else t for t in targets
-    ]
+    return [dataclasses.replace(t, label=str(t.path)) if names.count(t.label) > 1 else t for t in targets]

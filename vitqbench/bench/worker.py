@@ -3,6 +3,7 @@
 Run as ``python -m vitqbench.bench.worker``. Each process holds exactly one model, so its peak
 resident memory is that model's alone. Requests and replies are one JSON object per line:
 
+    {"op": "ping"}            -> {"ok": true}   (the interpreter is up)
     {"op": "load", ...}       -> {"ok": true, "session_s", "base_rss_mb", "pid", "provider"}
     {"op": "warmup", "n"}     -> {"ok": true}
     {"op": "run", "n" | "seconds"} -> {"ok": true, "times_ms": [...], "start_ns", "end_ns"}
@@ -14,6 +15,7 @@ This module imports only what the model needs (no onnx, no rich), so the baselin
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -26,6 +28,7 @@ import numpy as np
 from vitqbench.bench.memory import GpuMemoryProbe, peak_rss_mb
 
 Runner = Callable[[], None]
+_RUNTIME_MODULES = {"onnx": ("onnxruntime", "vitqbench.runtime"), "torch": ("torch", "timm")}
 
 
 def _random_input(shape: list[int], dtype: str, seed: int) -> np.ndarray:
@@ -52,7 +55,12 @@ def _load_onnx(req: dict[str, Any], x: np.ndarray) -> tuple[Runner, str]:
     binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
     for out in session.get_outputs():
         binding.bind_output(out.name, device)
-    return (lambda: session.run_with_iobinding(binding)), used
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the timer must stop when the device has finished
+
+    return run, used
 
 
 def _load_torch(req: dict[str, Any], x: np.ndarray) -> tuple[Runner, str]:
@@ -99,10 +107,14 @@ class Worker:
 
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req["op"]
+        if op == "ping":
+            return {}
         if op == "load":
             x = _random_input(req["input_shape"], req["dtype"], req["seed"])
             if req["provider"] != "cpu":
                 self.gpu = GpuMemoryProbe(os.getpid())
+            for module in _RUNTIME_MODULES[req["kind"]]:  # imports are the runtime's cost, not the model's
+                importlib.import_module(module)
             base = peak_rss_mb()
             t0 = time.perf_counter()
             self.run, used = (_load_torch if req["kind"] == "torch" else _load_onnx)(req, x)

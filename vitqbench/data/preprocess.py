@@ -41,7 +41,7 @@ class Geometry:
     interpolation: str
     crop_pct: float
     crop_mode: str
-    fill: tuple[int, ...]  # the pad colour of crop_mode "border" (timm: round(255 * mean))
+    fill: tuple[int, ...]  # the pad colour of crop_mode "border" (timm: round(255 * mean)), else zeros
 
     @classmethod
     def from_config(cls, config: DataConfig) -> Geometry:
@@ -63,7 +63,8 @@ class Geometry:
             interpolation=config.interpolation,
             crop_pct=float(config.crop_pct or 0.875),
             crop_mode=config.crop_mode,
-            fill=tuple(round(255 * m) for m in config.mean),
+            # only "border" pads with the mean colour; elsewhere mean must not split the cache
+            fill=tuple(round(255 * m) if config.crop_mode == "border" else 0 for m in config.mean),
         )
 
     @property
@@ -132,23 +133,33 @@ def prepare_image(img: Image.Image, geometry: Geometry) -> np.ndarray:
     return out.reshape(geometry.shape)
 
 
-def normalization_table(config: DataConfig) -> np.ndarray:
-    """float32 [C, 256]: ToTensor (v / 255) then Normalize ((x - mean) / std) for every uint8 value.
+@dataclass(frozen=True)
+class Normalization:
+    """ToTensor + Normalize constants, float32 [C, 1, 1] like the tensors torchvision uses."""
 
-    The same float32 operations as torchvision, evaluated once per value; a gather with this table is
-    bit-identical to the tensor path and several times faster than doing the arithmetic per pixel.
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> Normalization:
+        shape = (len(config.mean), 1, 1)
+        return cls(
+            mean=np.asarray(config.mean, dtype=np.float32).reshape(shape),
+            std=np.asarray(config.std, dtype=np.float32).reshape(shape),
+        )
+
+
+def normalize(images: np.ndarray, norm: Normalization, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [B, H, W, C] -> float32 [B, C, H, W], normalized like timm's eval transform.
+
+    The same float32 operations in the same order as ``ToTensor`` (x / 255) and ``Normalize``
+    ((x - mean) / std), so the result is bit-identical to timm's; in-place ufuncs keep it to three
+    passes over memory, with the uint8 -> float32 cast and the HWC -> CHW move folded into the first.
     """
-    values = np.arange(256, dtype=np.float32) / np.float32(255)
-    mean = np.asarray(config.mean, dtype=np.float32)[:, None]
-    std = np.asarray(config.std, dtype=np.float32)[:, None]
-    return ((values[None, :] - mean) / std).astype(np.float32)
-
-
-def normalize(images: np.ndarray, table: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [B, H, W, C] -> float32 [B, C, H, W], normalized like timm's eval transform."""
     b, h, w, c = images.shape
     if out is None:
         out = np.empty((b, c, h, w), dtype=np.float32)
-    for ch in range(c):
-        np.take(table[ch], images[..., ch], out=out[:, ch])
+    np.divide(images.transpose(0, 3, 1, 2), np.float32(255), out=out, dtype=np.float32)
+    np.subtract(out, norm.mean, out=out)
+    np.divide(out, norm.std, out=out)
     return out

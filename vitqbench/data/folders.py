@@ -1,0 +1,119 @@
+"""Datasets on disk: class folders (ImageFolder), flat folders, and OpenOOD image lists."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vitqbench.data.dataset import Dataset
+from vitqbench.errors import VitqbenchError
+
+log = logging.getLogger("vitqbench.data")
+
+# torchvision's ImageFolder extensions; anything else in a folder is not an image and is ignored.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
+)
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files) if is_image_file(f))
+    return found
+
+
+def _file_id(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise VitqbenchError(f"cannot read {path}: {exc.strerror}") from exc
+    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+
+
+def _from_files(spec: str, name: str, files: list[Path], labels, class_names) -> Dataset:
+    # the key is the content (paths, sizes, mtimes, labels): the same files listed or foldered are one dataset
+    return Dataset(
+        name=name,
+        spec=spec,
+        sources=[str(f) for f in files],
+        paths=[str(f) for f in files],
+        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        class_names=class_names,
+        ids=[_file_id(f) for f in files],
+        origin="files",
+    )
+
+
+def load_folder(folder: Path, spec: str) -> Dataset:
+    """Class sub-folders (sorted by name -> label index, like torchvision/timm) or a flat folder.
+
+    Every non-hidden sub-folder is a class, even an empty one, so that the indices of the others do
+    not shift; images are found recursively inside each class folder. A folder with no image-holding
+    sub-folder is flat and unlabeled.
+    """
+    folder = folder.resolve()
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    per_class = [_images_under(d) for d in subdirs]
+    top_level = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
+    if any(per_class):
+        if top_level:
+            log.warning(
+                "warning: %s has class sub-folders; ignoring %d image(s) directly inside it",
+                folder,
+                len(top_level),
+            )
+        files = [f for images in per_class for f in images]
+        labels = [label for label, images in enumerate(per_class) for _ in images]
+        class_names = [d.name for d in subdirs]
+        return _from_files(spec, folder.name, files, labels, class_names)
+    if not top_level:
+        raise VitqbenchError(f"no images found in {folder}")
+    return _from_files(spec, folder.name, top_level, None, None)
+
+
+def load_image_list(list_file: Path, spec: str, data_root: Path | None) -> Dataset:
+    """OpenOOD's image lists: ``relative/path label`` per line (split at the first space, as OpenOOD does).
+
+    Paths are relative to ``data_root`` (OpenOOD's ``data_dir``) or else to the list's folder. A
+    missing label or -1 (OpenOOD's OOD lists) means unlabeled; a list mixing both is an error.
+    """
+    root = (data_root or list_file.parent).resolve()
+    if data_root is not None and not root.is_dir():
+        raise VitqbenchError(f"--data-root {data_root} is not a directory")
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VitqbenchError(f"cannot read image list {list_file}: {exc}") from exc
+    files: list[Path] = []
+    labels: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, extra = line.strip().partition(" ")
+        extra = extra.strip()
+        try:
+            labels.append(int(extra) if extra else -1)
+        except ValueError:
+            raise VitqbenchError(f"{list_file}:{number}: label {extra!r} is not an integer") from None
+        files.append(root / name)
+    if not files:
+        raise VitqbenchError(f"image list {list_file} names no images")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise VitqbenchError(
+            f"image list {list_file}: {len(missing)} of {len(files)} files missing under {root} "
+            f"(first: {missing[0]}); use --data-root to say where the list's paths start"
+        )
+    labelled = [x >= 0 for x in labels]
+    if any(labelled) and not all(labelled):
+        raise VitqbenchError(f"image list {list_file} mixes labelled and unlabelled (-1 or none) lines")
+    return _from_files(spec, list_file.stem, files, labels if all(labelled) else None, None)
