@@ -79,6 +79,9 @@ def test_metadata_is_one_json_document(tiny_onnx):
     assert doc["schema_version"] == 1
     assert set(doc["data_config"]) == {"input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode"}
     assert doc["outputs"] == {"logits": "logits", "features": "features"}
+    graph = onnx.load(str(tiny_onnx)).graph
+    assert not any(node.metadata_props for node in graph.node)  # no exporter stack traces in the file
+    assert "Identity" not in {node.op_type for node in graph.node}
 
 
 def test_random_init_is_seeded_and_safetensors_checkpoints_load(tmp_path):

@@ -114,7 +114,10 @@ def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int) -> onn
             optimize=True,
             verbose=False,
         )
-    return program.model_proto
+    proto = program.model_proto
+    for node in proto.graph.node:  # the exporter's per-node stack traces: local paths, ~1 KB per node
+        del node.metadata_props[:]
+    return proto
 
 
 def verify_onnx(
