@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
 
 from vitqbench.errors import VitqbenchError
+from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, export_model
 
 app = typer.Typer(
     name="vitqbench",
@@ -18,60 +22,322 @@ app = typer.Typer(
 )
 
 
+console = Console(soft_wrap=True, emoji=False)
+
+
 def _not_available(command: str, issue: str) -> None:
     raise VitqbenchError(f"`vitqbench {command}` is not available yet ({issue})")
 
 
 # ---------------------------------------------------------------------------------------------- export
+def parse_model_kwargs(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are Python literals (never evaluated), else plain strings."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise VitqbenchError(f"--set expects key=value, got {pair!r}")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key.strip()] = text.strip()
+    return kwargs
+
+
+def parse_floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise VitqbenchError(f"{option} expects comma-separated numbers, got {text!r}") from None
+
+
 @app.command()
 def export(
-    model: str = typer.Argument(..., help="timm model name (optionally .tag) or a vitqbench training checkpoint"),
+    model: str = typer.Argument(
+        ..., help="timm model name, optionally with a pretrained tag (deit_small_patch16_224.fb_in1k), "
+        "or a checkpoint written by `vitqbench train`."
+    ),
     out: Path = typer.Option(..., "-o", "--out", help="Output ONNX file."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Local state dict (.pth/.pt/.safetensors) instead of downloading."
+    ),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Download timm weights."),
+    set_: list[str] = typer.Option([], "--set", help="Model kwarg for timm.create_model, key=value."),
+    seed: int = typer.Option(0, help="Seed for random init and the verification batch."),
+    opset: int = typer.Option(DEFAULT_OPSET, help="ONNX opset (>= 18)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare ONNX Runtime with PyTorch."),
+    tolerance: float = typer.Option(DEFAULT_TOLERANCE, help="Max abs difference allowed by verification."),
+    mean: str | None = typer.Option(None, help="Override normalization mean: one value or one per channel."),
+    std: str | None = typer.Option(None, help="Override normalization std: one value or one per channel."),
+    interpolation: str | None = typer.Option(None, help="Override resize interpolation (bicubic, bilinear)."),
+    crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (0, 1]."),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""
-    _not_available("export", "being written")
+    result = export_model(
+        model,
+        out,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        model_kwargs=parse_model_kwargs(set_),
+        seed=seed,
+        verify=verify,
+        opset=opset,
+        tolerance=tolerance,
+        mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std"),
+        interpolation=interpolation,
+        crop_pct=crop_pct,
+    )
+    meta, check = result.metadata, result.verification
+    console.print(
+        f"[bold]{meta.display_name}[/] -> {out}  ({meta.num_classes} classes, {meta.feature_dim}-d features, "
+        f"input {'x'.join(map(str, meta.data_config.input_size))}, weights: {meta.source['kind']})"
+    )
+    if check is not None:
+        console.print(
+            f"verified vs PyTorch (batch {', '.join(map(str, check.batch_sizes))}): max |delta logits| "
+            f"{check.max_abs_logits:.2e}, max |delta features| {check.max_abs_features:.2e}, "
+            f"top-1 agreement {check.top1_agreement:.3f}"
+        )
 
 
 # -------------------------------------------------------------------------------------------- quantize
 @app.command()
-def quantize() -> None:
+def quantize(
+    model: Path = typer.Argument(..., help="A vitqbench ONNX file (from `vitqbench export`)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output ONNX file."),
+    bits: int = typer.Option(..., "--bits", help="8 (static W8A8 QDQ) or 4 (block-wise weight-only)."),
+    calib: str = typer.Option(
+        None, "--calib", help="Calibration DATA: image folder, image-list file or built-in set (8-bit, gptq)."
+    ),
+    calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="8-bit: minmax|entropy|percentile."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="8-bit: weight scales."),
+    activation_type: str = typer.Option("uint8", "--activation-type", help="8-bit: uint8|int8 activations."),
+    symmetric_activations: bool = typer.Option(
+        False, "--symmetric-activations", help="8-bit: symmetric activation ranges."
+    ),
+    exclude: list[str] = typer.Option(
+        None, "--exclude",
+        help="8-bit: keep in float (repeatable): head, patch_embed, attention, post_gelu, an op type "
+        "(Softmax) or a node-name glob. Default: nothing (measured best).",
+    ),
+    algo: str = typer.Option(None, "--algo", help="4-bit: rtn|mse|gptq [default: gptq with --calib, else rtn]."),
+    block_size: int = typer.Option(None, "--block-size", help="4-bit: block size along K (32/64/128)."),
+    asym: bool = typer.Option(None, "--asym/--sym", help="4-bit: asymmetric blocks (zero points)."),
+    fmt: str = typer.Option(None, "--format", help="4-bit: matmulnbits|qdq."),
+    accuracy_level: int = typer.Option(None, "--accuracy-level", help="4-bit: MatMulNBits level 0-4."),
+    keep_head: bool = typer.Option(None, "--keep-head", help="4-bit: leave the classifier head in float."),
+    patch_embed_int8: bool = typer.Option(None, "--patch-embed-int8", help="4-bit: 8-bit patch embed."),
+) -> None:
     """Quantize an exported model to 8-bit static QDQ or 4-bit block-wise weights."""
-    _not_available("quantize", "issue 3")
+    from vitqbench.quant import DEFAULT_EXCLUDE, CalibConfig, Int8Config, quantize_model
+
+    four_bit = {  # flag -> (Int4Config field, value); None means "not given, use the default"
+        "--algo": ("algo", algo),
+        "--block-size": ("block_size", block_size),
+        "--asym/--sym": ("symmetric", None if asym is None else not asym),
+        "--format": ("format", fmt),
+        "--accuracy-level": ("accuracy_level", accuracy_level),
+        "--keep-head": ("keep_head", keep_head),
+        "--patch-embed-int8": ("patch_embed_int8", patch_embed_int8),
+    }
+    four_bit = {flag: given for flag, given in four_bit.items() if given[1] is not None}
+    if bits == 8 and four_bit:
+        raise VitqbenchError(f"{', '.join(four_bit)}: 4-bit options, not for --bits 8")
+    if bits == 4 and exclude:
+        raise VitqbenchError("--exclude applies to --bits 8 only (4-bit: --keep-head)")
+    int8 = Int8Config(
+        calib_method=calib_method, per_channel=per_channel, activation_type=activation_type,
+        symmetric_activations=symmetric_activations,
+        exclude=tuple(exclude) if exclude else DEFAULT_EXCLUDE,
+    )
+    int4 = None
+    if bits == 4:
+        from vitqbench.quant.int4 import Int4Config
+
+        int4 = Int4Config(**dict(four_bit.values()))
+    calib_config = CalibConfig(data=calib, size=calib_size, seed=seed) if calib else None
+    meta = quantize_model(model, out, bits, int8=int8, int4=int4, calib=calib_config)
+    record = meta.quantization or {}
+    console.print(
+        f"wrote {out}: {meta.display_name} {meta.precision} ({record.get('algorithm')}, "
+        f"{record.get('seconds')} s); float nodes: {len(record.get('float_nodes', []))}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- bench
 @app.command()
-def bench() -> None:
-    """Measure latency, throughput and memory of ONNX models side by side."""
-    _not_available("bench", "issue 8")
+def bench(
+    models: list[Path] = typer.Argument(..., help="ONNX files; ratios compare each with the first."),
+    provider: str = typer.Option("cpu", help="Execution provider: cpu, cuda or tensorrt."),
+    threads: int | None = typer.Option(None, help="Intra-op threads (default: physical cores)."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8,32."),
+    warmup: int = typer.Option(5, help="Warm-up runs per model and batch (not timed)."),
+    iters: int | None = typer.Option(None, help="Timed runs per model and batch (default: 50)."),
+    seconds: float | None = typer.Option(None, help="Timed seconds per model and batch (not with --iters)."),
+    rounds: int = typer.Option(10, help="Interleaved rounds (A B C A B C ...) the runs are split into."),
+    torch_baseline: bool = typer.Option(False, "--torch", help="Add a PyTorch eager row (random init)."),
+    io_binding: bool | None = typer.Option(
+        None, "--io-binding/--no-io-binding", help="Device-resident inputs/outputs (default: on for GPUs)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the random input tensor."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write records + machine as JSON."),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Write records as CSV (machine as # lines)."),
+) -> None:
+    """Measure latency, throughput and memory of ONNX models side by side, each in its own process."""
+    from vitqbench.bench.results import rich_table
+    from vitqbench.bench.runner import BenchSettings, parse_batches, run_benchmark
+
+    settings = BenchSettings(
+        provider=provider, threads=threads, batches=parse_batches(batch), warmup=warmup, iters=iters,
+        seconds=seconds, rounds=rounds, torch_baseline=torch_baseline, io_binding=io_binding, seed=seed,
+    )
+    result = run_benchmark(models, settings)
+    table = rich_table(result)
+    # Numbers must not be cut to fit an 80-column pipe; a wide table wraps in the terminal instead.
+    wide = console.measure(table, options=console.options.update_width(1000)).maximum
+    Console(width=max(console.width, wide)).print(table)
+    if json_out:
+        result.write_json(json_out)
+    if csv_out:
+        result.write_csv(csv_out)
+    failed = sorted({r.model for r in result.records if not r.ok})
+    if failed:  # the others were measured and written; the exit code tells scripts that not all were
+        console.print(f"[red]failed:[/red] {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------------------ eval
 @app.command("eval")
-def eval_() -> None:
+def eval_(
+    model: list[Path] = typer.Option(..., "--model", "-m", help="A vitqbench ONNX file (repeatable)."),
+    id_: str = typer.Option(..., "--id", help="ID DATA: folder, image list or built-in (digits:test)."),
+    ood: list[str] = typer.Option([], "--ood", help="OOD set as NAME=DATA (repeatable)."),
+    fit: str | None = typer.Option(None, "--fit", help="DATA the feature scores are fitted on (ID train)."),
+    scores: str | None = typer.Option(
+        None, "--scores", help="Comma-separated scores, NAME[:KEY=VALUE]... (default: every score that can run)."
+    ),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="Reference model for deltas (default: the first model)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for results and report."),
+    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda or tensorrt."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: physical cores)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per inference batch."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where image-list paths start."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Cache folder (default: $VITQBENCH_CACHE or ~/.cache/vitqbench)."
+    ),
+    save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
+    bench_: bool = typer.Option(False, "--bench", help="Also measure latency and size of every model."),
+    seed: int = typer.Option(0, "--seed", help="Seed recorded with the results (and used by subsets)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
-    _not_available("eval", "issue 6")
+    from vitqbench.evaluate import EvalConfig, finish_run, parse_ood_args
+
+    config = EvalConfig(
+        models=list(model), id=id_, ood=parse_ood_args(ood), fit=fit, scores=scores, baseline=baseline,
+        provider=provider, threads=threads, batch_size=batch_size, cache_dir=cache_dir, data_root=data_root,
+        bench=bench_, seed=seed, progress=progress,
+    )
+    finish_run(config, out, save_outputs=save_outputs, console=console)
 
 
 # ----------------------------------------------------------------------------------------------- sweep
 @app.command()
-def sweep() -> None:
+def sweep(
+    config: Path | None = typer.Argument(None, help="Sweep TOML file (or use --preset)."),
+    preset: str | None = typer.Option(None, "--preset", help="A shipped study: paper, tiny."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder: models/, report, results."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where relative data paths start."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Cache folder (default: $VITQBENCH_CACHE or ~/.cache/vitqbench)."
+    ),
+    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda or tensorrt."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: physical cores)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Override the study's batch size."),
+    pretrained: bool = typer.Option(
+        True, "--pretrained/--no-pretrained", help="--no-pretrained: random init (offline stand-ins)."
+    ),
+    bench_: bool | None = typer.Option(None, "--bench/--no-bench", help="Override the study's bench."),
+    save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
+    show: bool = typer.Option(False, "--show", help="Print the study's TOML (e.g. a preset) and exit."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
     """Run a declarative study (models x precisions x datasets) from a TOML file or preset."""
-    _not_available("sweep", "issue 6")
+    from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, preset_text
+
+    if show:
+        typer.echo(preset_text(preset) if preset else config.read_text() if config else "")
+        return
+    if out is None:
+        raise VitqbenchError("give --out DIR")
+    study = load_sweep_config(config, preset)
+    options = SweepOptions(
+        out=out, data_root=data_root, cache_dir=cache_dir, provider=provider, threads=threads,
+        batch_size=batch_size, pretrained=pretrained, bench=bench_, progress=progress,
+    )
+    finish_sweep(study, options, save_outputs=save_outputs, console=console)
 
 
 # ----------------------------------------------------------------------------------------------- train
 @app.command()
-def train() -> None:
+def train(
+    data: str = typer.Option(..., "--data", help="Labelled DATA spec, e.g. digits:train or an image folder."),
+    out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.safetensors)."),
+    model: str = typer.Option("vit_tiny_patch16_224", "--model", help="timm architecture."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Model kwarg, key=value (default for vit_tiny: 28x28 input, 4x4 patches, dim 128, depth 4)."
+    ),
+    epochs: int = typer.Option(40, help="Training epochs."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule, AdamW)."),
+    seed: int = typer.Option(0, help="Seed for init, split, shuffling and augmentation."),
+    threads: int | None = typer.Option(None, help="torch CPU threads [default: torch's]."),
+) -> None:
     """Train a small timm vision transformer on CPU and save a self-describing checkpoint."""
-    _not_available("train", "issue 7")
+    from vitqbench.train import TrainConfig, train_model
+
+    if out.suffix != ".safetensors":
+        raise VitqbenchError(f"the checkpoint is written as safetensors: name it *.safetensors, not {out.name}")
+    config = TrainConfig(
+        data=data,
+        model=model,
+        model_kwargs=parse_model_kwargs(set_),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        threads=threads,
+    )
+    result = train_model(config, out)
+    console.print(
+        f"{out}: {result.num_train} training images, {result.seconds:.0f} s, final loss {result.losses[-1]:.3f}, "
+        f"held-out accuracy {result.val_accuracy:.3f} on {result.num_val} images"
+    )
+    console.print(f"next: vitqbench export {out} -o model.onnx")
 
 
 # ------------------------------------------------------------------------------------------------ demo
 @app.command()
-def demo() -> None:
+def demo(
+    out: Path = typer.Option(Path("vitqbench-demo"), "--out", "-o", help="Output folder."),
+    dataset: str = typer.Option("digits", "--dataset", help="digits or fashion-mnist."),
+    epochs: int = typer.Option(40, help="Training epochs (the checkpoint is cached and reused)."),
+    seed: int = typer.Option(0, help="Seed for training, calibration subsets and noise."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="[default: $VITQBENCH_CACHE or ~/.cache/vitqbench]"
+    ),
+) -> None:
     """The whole study offline on real small data: train, export, quantize, eval, bench, report."""
-    _not_available("demo", "issue 7")
+    from vitqbench.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=out, dataset=dataset, epochs=epochs, seed=seed, cache_dir=cache_dir), console)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,7 +103,7 @@ def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
-    console = console or Console()
+    console = console or Console(emoji=False)
     start = time.perf_counter()
     data = demo_data(config.dataset, config.ood_size)
     models = config.out / "models"

@@ -7,7 +7,7 @@ eval feeds them, and are never held in memory all at once whatever ``--calib-siz
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ class CalibConfig:
     data: str
     size: int = 256
     seed: int = 0
-    batch_size: int = 16
+    # ORT's calibration session keeps a whole window's activations alive: DeiT-S peaks at 2.8 GB RSS
+    # with batches of 4 and 7.8 GB with 16 (measured), whatever the number of images.
+    batch_size: int = 4
     cache_dir: Path | None = None
 
 
@@ -57,6 +59,11 @@ class CalibrationSet:
             indices=self.indices,
         ):
             yield np.ascontiguousarray(batch.images, dtype=np.float32)
+
+    def rebatched(self, batch_size: int) -> CalibrationSet:
+        """The same images in batches of at most ``batch_size``."""
+        config = replace(self.config, batch_size=min(batch_size, self.config.batch_size))
+        return replace(self, config=config, _passes=0)
 
     def record(self) -> dict[str, Any]:
         """What goes into the quantization record: enough to rebuild the same subset."""

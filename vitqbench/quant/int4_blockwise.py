@@ -68,9 +68,7 @@ def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
     return padded.reshape(n_blocks, block_size, n)
 
 
-def range_params(
-    lo: np.ndarray, hi: np.ndarray, symmetric: bool, ratio: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
+def range_params(lo: np.ndarray, hi: np.ndarray, symmetric: bool, ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point (float32, uint8) from per-block minima and maxima, shrunk by ``ratio``."""
     lo = np.minimum(lo, 0.0).astype(np.float32) * np.float32(ratio)
     hi = np.maximum(hi, 0.0).astype(np.float32) * np.float32(ratio)

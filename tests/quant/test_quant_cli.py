@@ -1,0 +1,127 @@
+"""`vitqbench quantize` through the CLI: the 8-bit happy path and every bad-input path (one line, exit 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from vitqbench.metadata import METADATA_KEY, read_metadata
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    for label in ("a", "b"):
+        (folder / label).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / label / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def no_metadata_onnx(tiny_onnx, tmp_path_factory):
+    model = onnx.load(str(tiny_onnx))
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    out = tmp_path_factory.mktemp("plain") / "plain.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def test_cli_quantize_8bit(run_cli, tiny_onnx, image_folder, tmp_path):
+    out = tmp_path / "tiny.int8.onnx"
+    result = run_cli(
+        "quantize",
+        tiny_onnx,
+        "--bits",
+        "8",
+        "--calib",
+        image_folder,
+        "--calib-size",
+        "4",
+        "--seed",
+        "7",
+        "--exclude",
+        "head",
+        "--calib-method",
+        "percentile",
+        "-o",
+        out,
+    )
+    assert result.code == 0, result.stderr
+    assert "wrote" in result.stdout and "int8" in result.stdout
+    record = read_metadata(out).quantization
+    assert record["calibration"]["size"] == 4 and record["seed"] == 7
+    assert record["calib_method"] == "percentile" and record["exclude"] == ["head"]
+    assert len(record["float_nodes"]) == 1
+    # Quantizing an already-quantized file is refused.
+    again = run_cli("quantize", out, "--bits", "8", "--calib", image_folder, "-o", tmp_path / "again.onnx")
+    assert again.code == 2 and "already quantized" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bits", "5", "--calib", "{folder}"], "--bits must be 8 or 4"),
+        (["--bits", "8"], "needs calibration images"),
+        (["--bits", "8", "--calib", "{tmp}/missing"], "no such file"),
+        (["--bits", "8", "--calib", "{empty}"], "no images"),
+        (["--bits", "8", "--calib", "{folder}", "--calib-size", "50"], "has 6 images, fewer than --calib-size 50"),
+        (["--bits", "8", "--calib", "{folder}", "--calib-size", "0"], "at least 1"),
+        (["--bits", "8", "--calib", "{folder}", "--calib-size", "4", "--exclude", "nothing*"], "matches no group"),
+        (["--bits", "8", "--calib", "{folder}", "--calib-method", "kl"], "unknown calibration method"),
+        (["--bits", "8", "--calib", "{folder}", "--activation-type", "int4"], "unknown activation type"),
+        (["--bits", "8", "--calib", "{folder}", "--algo", "rtn"], "--algo: 4-bit options"),
+        (["--bits", "4", "--exclude", "head"], "--exclude applies to --bits 8 only"),
+    ],
+)
+def test_cli_quantize_bad_input(run_cli, tiny_onnx, image_folder, tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.format(folder=image_folder, tmp=tmp_path, empty=empty) for a in args]
+    out = tmp_path / "out.onnx"
+    result = run_cli("quantize", tiny_onnx, *args, "-o", out)
+    assert result.code == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+
+
+def test_cli_quantize_needs_metadata(run_cli, no_metadata_onnx, image_folder, tmp_path):
+    result = run_cli("quantize", no_metadata_onnx, "--bits", "8", "--calib", image_folder, "-o", tmp_path / "o.onnx")
+    assert result.code == 2 and "no vitqbench metadata" in result.stderr and "vitqbench export" in result.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_quantize_refuses_to_overwrite_input(run_cli, tiny_onnx, image_folder):
+    result = run_cli("quantize", tiny_onnx, "--bits", "8", "--calib", image_folder, "-o", tiny_onnx)
+    assert result.code == 2 and "overwrite the input" in result.stderr
+
+
+def test_cli_quantize_4bit_goes_through_the_shared_record(run_cli, tiny_onnx, image_folder, tmp_path):
+    from vitqbench.files import sha256_file
+
+    out = tmp_path / "tiny.int4.onnx"
+    result = run_cli("quantize", tiny_onnx, "--bits", "4", "--algo", "rtn", "--calib", image_folder, "-o", out)
+    assert result.code == 0, result.stderr
+    meta = read_metadata(out)
+    record = meta.quantization
+    assert meta.precision == "int4" and record["bits"] == 4
+    assert record["parent"]["sha256"] == sha256_file(tiny_onnx)
+    assert record["calibration"] is None and record["seed"] is None  # rtn reads no data
+    assert meta.outputs == read_metadata(tiny_onnx).outputs
+
+
+def test_cli_quantize_4bit_default_algorithm_follows_the_data(run_cli, tiny_onnx, image_folder, tmp_path):
+    """No --algo: gptq (the measured best) when calibration images are given, data-free rtn otherwise."""
+    without = tmp_path / "rtn.onnx"
+    assert run_cli("quantize", tiny_onnx, "--bits", "4", "-o", without).code == 0
+    assert read_metadata(without).quantization["algorithm"] == "rtn"
+    with_calib = tmp_path / "gptq.onnx"
+    result = run_cli("quantize", tiny_onnx, "--bits", "4", "--calib", image_folder, "--calib-size", "4", "-o", with_calib)
+    assert result.code == 0, result.stderr
+    assert read_metadata(with_calib).quantization["algorithm"] == "gptq"
