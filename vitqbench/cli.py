@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE, export_model
+from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 
 app = typer.Typer(
     name="vitqbench",
@@ -75,6 +75,8 @@ def export(
     crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (0, 1]."),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""
+    from vitqbench.export import export_model
+
     result = export_model(
         model,
         out,

@@ -15,13 +15,11 @@ import torch
 from onnx import numpy_helper
 
 from vitqbench.errors import VitqbenchError
+from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
 from vitqbench.files import atomic_path
 from vitqbench.metadata import FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
 from vitqbench.runtime import create_session
-
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-3
 
 
 class LogitsAndFeatures(torch.nn.Module):
