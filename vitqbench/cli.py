@@ -294,9 +294,9 @@ def train(
     out: Path = typer.Option(..., "-o", "--out", help="Checkpoint to write (.safetensors)."),
     model: str = typer.Option("vit_tiny_patch16_224", "--model", help="timm architecture."),
     set_: list[str] = typer.Option(
-        [], "--set", help="Model kwarg, key=value (default for vit_tiny: 28x28 input, 4x4 patches, dim 128, depth 4)."
+        [], "--set", help="Model kwarg, key=value (default for vit_tiny: 28x28 input, 4x4 patches, dim 128, depth 6)."
     ),
-    epochs: int = typer.Option(40, help="Training epochs."),
+    epochs: int | None = typer.Option(None, help="Training epochs [default: 60]."),
     batch_size: int = typer.Option(64, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule, AdamW)."),
     seed: int = typer.Option(0, help="Seed for init, split, shuffling and augmentation."),
@@ -311,12 +311,13 @@ def train(
         data=data,
         model=model,
         model_kwargs=parse_model_kwargs(set_),
-        epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         threads=threads,
     )
+    if epochs is not None:
+        config.epochs = epochs
     result = train_model(config, out)
     console.print(
         f"{out}: {result.num_train} training images, {result.seconds:.0f} s, final loss {result.losses[-1]:.3f}, "
@@ -330,7 +331,7 @@ def train(
 def demo(
     out: Path = typer.Option(Path("vitqbench-demo"), "--out", "-o", help="Output folder."),
     dataset: str = typer.Option("digits", "--dataset", help="digits or fashion-mnist."),
-    epochs: int = typer.Option(40, help="Training epochs (the checkpoint is cached and reused)."),
+    epochs: int | None = typer.Option(None, help="Training epochs [default: 60] (the checkpoint is cached)."),
     seed: int = typer.Option(0, help="Seed for training, calibration subsets and noise."),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="[default: $VITQBENCH_CACHE or ~/.cache/vitqbench]"

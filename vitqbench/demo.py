@@ -22,7 +22,7 @@ from vitqbench.evaluate import EvalConfig, EvalResults, default_cache_dir, finis
 from vitqbench.export import export_model
 from vitqbench.quant import quantize_model
 from vitqbench.quant.calibration import CalibConfig
-from vitqbench.train import TrainConfig, train_model
+from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model
 
 
 @dataclass
@@ -58,7 +58,7 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
                 "dataset-fashion-mnist or set VITQBENCH_FASHION_MNIST, or use --dataset digits"
             )
         return DemoData(
-            train="fashion-mnist:train:0-5:n=6000",
+            train="fashion-mnist:train:0-5:n=3000",
             id=f"fashion-mnist:test:0-5:n={ood_size}",
             ood={
                 "fashion-6-9": f"fashion-mnist:test:6-9:n={ood_size}",
@@ -74,7 +74,7 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
 class DemoConfig:
     out: Path = Path("vitqbench-demo")
     dataset: str = "digits"
-    epochs: int = 40
+    epochs: int | None = None  # None: TrainConfig's default
     ood_size: int = 500
     calib_size: int = 256
     bench_iters: int = 50
@@ -87,8 +87,11 @@ class DemoConfig:
 def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
     """Train, or reuse the checkpoint an earlier demo trained with the same settings."""
     options = {"model_kwargs": data.model_kwargs, **config.extra_train}
-    train = TrainConfig(data=data.train, epochs=config.epochs, seed=config.seed, **options)
-    key = hashlib.sha256(json.dumps(asdict(train), sort_keys=True).encode()).hexdigest()[:16]
+    train = TrainConfig(data=data.train, seed=config.seed, **options)
+    if config.epochs is not None:
+        train.epochs = config.epochs
+    described = {**asdict(train), "default_kwargs": DEFAULT_KWARGS}  # a changed default must not reuse
+    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     path = (config.cache_dir or default_cache_dir()) / "demo" / f"{config.dataset}-{key}.safetensors"
     if path.is_file():
         console.print(f"reusing the trained checkpoint {path}")
