@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,21 @@ class Outputs:
     features: np.ndarray  # [N, D] float32
     labels: np.ndarray | None  # [N] int64, None for an unlabelled set
     paths: np.ndarray  # [N] str
-    indices: np.ndarray  # [N] int64, the dataset indices (0..N-1 once complete)
+    indices: np.ndarray  # [N] int64, the dataset indices (all but the skipped ones once complete)
+    skipped: dict[int, str] = field(default_factory=dict)  # unreadable images: index -> reason
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def save(self, path: Path) -> None:
-        arrays = {"logits": self.logits, "features": self.features, "paths": self.paths, "indices": self.indices}
+        arrays = {
+            "logits": self.logits,
+            "features": self.features,
+            "paths": self.paths,
+            "indices": self.indices,
+            "skipped_indices": np.asarray(sorted(self.skipped), dtype=np.int64),
+            "skipped_reasons": np.asarray([self.skipped[i] for i in sorted(self.skipped)], dtype=str),
+        }
         if self.labels is not None:
             arrays["labels"] = self.labels
         with atomic_path(path, suffix=".npz") as tmp:
@@ -59,12 +68,16 @@ class Outputs:
     @classmethod
     def load(cls, path: Path) -> Outputs:
         with np.load(path, allow_pickle=False) as z:
+            skipped = {
+                int(i): str(r) for i, r in zip(z["skipped_indices"], z["skipped_reasons"], strict=True)
+            }
             return cls(
                 logits=z["logits"],
                 features=z["features"],
                 labels=z["labels"] if "labels" in z.files else None,
                 paths=z["paths"],
                 indices=z["indices"],
+                skipped=skipped,
             )
 
     @classmethod
@@ -100,7 +113,12 @@ class OutputCache:
             return None
         try:
             return Outputs.load(path)
-        except (OSError, ValueError, KeyError):  # a foreign or damaged file is recomputed, never trusted
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            zipfile.BadZipFile,
+        ):  # a foreign or damaged file is recomputed, never trusted
             path.unlink(missing_ok=True)
             return None
 
@@ -113,7 +131,7 @@ class OutputCache:
         for shard in sorted(parts_dir.glob("*.npz")) if parts_dir.is_dir() else []:
             try:
                 parts.append(Outputs.load(shard))
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 shard.unlink(missing_ok=True)
         return parts
 
@@ -122,8 +140,12 @@ class OutputCache:
         parts_dir.mkdir(exist_ok=True)
         part.save(parts_dir / f"{int(part.indices[0]):09d}.npz")
 
-    def finish(self, key: str, parts: list[Outputs]) -> Outputs:
+    def finish(self, key: str, parts: list[Outputs], skipped: dict[int, str]) -> Outputs:
+        """Merge the shards into the finished entry (a finished entry is complete by construction)."""
+        if not parts:
+            raise VitqbenchError("no image of the dataset could be read")
         out = Outputs.concat(parts)
+        out.skipped = dict(skipped)
         out.save(self.path(key))
         parts_dir = self.parts_dir(key)
         if parts_dir.is_dir():
@@ -134,26 +156,16 @@ class OutputCache:
 
 
 def score_state_key(model_sha256: str, fit_key: str, score: str, params: dict[str, Any]) -> str:
-    text = json.dumps({"model": model_sha256, "fit": fit_key, "score": score, "params": params}, sort_keys=True)
+    text = json.dumps(
+        {"model": model_sha256, "fit": fit_key, "score": score, "params": params}, sort_keys=True
+    )
     return f"{score}__{hashlib.sha256(text.encode()).hexdigest()[:24]}"
-
-
-class ScoreStateCache:
-    """Fitted score state as whatever the score's own save/load produces, under ``scores/KEY``."""
-
-    def __init__(self, root: Path):
-        self.dir = root / "scores"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, key: str) -> Path:
-        return self.dir / f"{key}.npz"
 
 
 __all__ = [
     "CACHE_ENV",
     "OutputCache",
     "Outputs",
-    "ScoreStateCache",
     "default_cache_dir",
     "outputs_key",
     "resolve_cache_dir",

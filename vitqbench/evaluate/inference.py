@@ -24,8 +24,12 @@ def run_cell(
     batch_size: int,
     image_cache_dir: Path | None,
     on_batch: Callable[[int], None] | None = None,
-) -> Outputs:
-    """Outputs of ``session`` on every sample of ``dataset``; only samples no shard holds are run."""
+) -> tuple[Outputs, int]:
+    """Outputs of ``session`` on every readable sample of ``dataset``, and how many were run now.
+
+    Only the samples no cached shard holds are run; ``on_batch`` is told how many samples each
+    step covered (the resumed ones first, in one step).
+    """
     from vitqbench.data import iter_batches
 
     parts = cache.load_parts(key)
@@ -33,18 +37,15 @@ def run_cell(
     for part in parts:
         done[part.indices] = True
     if on_batch is not None and done.any():
-        on_batch(int(done.sum()))
+        on_batch(int(done.sum()))  # resumed from the shards of an interrupted run
     todo = np.flatnonzero(~done)
-    paths = np.asarray([str(p) for p in dataset.paths]) if dataset.paths is not None else None
+    paths = np.asarray([str(p) for p in dataset.paths])
     labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
-    feeds_name = meta.input_name
     fetch = [meta.outputs["logits"], meta.outputs["features"]]
-
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    pending_n = 0
+    computed = 0
 
     def flush() -> None:
-        nonlocal pending, pending_n
         if not pending:
             return
         idx = np.concatenate([p[0] for p in pending])
@@ -52,31 +53,32 @@ def run_cell(
             logits=np.concatenate([p[1] for p in pending]),
             features=np.concatenate([p[2] for p in pending]),
             labels=None if labels is None else labels[idx],
-            paths=_paths_for(paths, idx),
+            paths=paths[idx],
             indices=idx,
         )
         cache.save_part(key, part)
         parts.append(part)
-        pending, pending_n = [], 0
+        pending.clear()
 
     if len(todo):
+        # A full pass (indices=None) is what lets the data part fill its decode cache for the next model.
         batches = iter_batches(
-            dataset, meta.data_config, batch_size=batch_size, cache_dir=image_cache_dir, progress=False,
-            indices=todo,
+            dataset,
+            meta.data_config,
+            batch_size=batch_size,
+            cache_dir=image_cache_dir,
+            progress=False,
+            indices=None if len(todo) == len(dataset) else todo,
         )
         for batch in batches:
-            logits, features = session.run(fetch, {feeds_name: np.ascontiguousarray(batch.images, np.float32)})
-            pending.append((np.asarray(batch.indices, np.int64), logits.astype(np.float32), features.astype(np.float32)))
-            pending_n += len(batch.indices)
+            images = np.ascontiguousarray(batch.images, dtype=np.float32)
+            logits, features = session.run(fetch, {meta.input_name: images})
+            idx = np.asarray(batch.indices, dtype=np.int64)
+            pending.append((idx, logits.astype(np.float32), features.astype(np.float32)))
+            computed += len(idx)
             if on_batch is not None:
-                on_batch(len(batch.indices))
-            if pending_n >= SHARD_SAMPLES:
+                on_batch(len(idx))
+            if sum(len(p[0]) for p in pending) >= SHARD_SAMPLES:
                 flush()
         flush()
-    return cache.finish(key, parts)
-
-
-def _paths_for(paths: np.ndarray | None, idx: np.ndarray) -> np.ndarray:
-    if paths is None:
-        return np.asarray([f"#{i}" for i in idx])
-    return paths[idx]
+    return cache.finish(key, parts, dict(dataset.skipped_reasons)), computed

@@ -178,13 +178,24 @@ def compute_deltas(
         if m.label in id_by and base in id_by:
             row, ref = id_by[m.label], id_by[base]
             for metric in ID_METRICS:
-                _append(deltas, m.label, base, row.dataset, None, metric, getattr(row, metric), getattr(ref, metric))
+                _append(
+                    deltas,
+                    m.label,
+                    base,
+                    row.dataset,
+                    None,
+                    metric,
+                    getattr(row, metric),
+                    getattr(ref, metric),
+                )
         for (model, dataset, score), row in ood_by.items():
             ref = ood_by.get((base, dataset, score))
             if model != m.label or ref is None:
                 continue
             for metric in OOD_METRICS:
-                _append(deltas, model, base, dataset, score, metric, getattr(row, metric), getattr(ref, metric))
+                _append(
+                    deltas, model, base, dataset, score, metric, getattr(row, metric), getattr(ref, metric)
+                )
     return deltas
 
 

@@ -1,1 +1,42 @@
-"""report"""
+"""Reports of an eval run: results.json, results.csv, report.md, plots/ and per-sample outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.results import EvalResults
+from vitqbench.files import write_text_atomic
+from vitqbench.report.markdown import render_report
+from vitqbench.report.outputs import output_file_name, write_outputs
+from vitqbench.report.plots import write_plots
+from vitqbench.report.tables import csv_rows, results_csv, results_json, write_tables
+
+
+def write_report(results: EvalResults, out_dir: str | Path, save_outputs: bool = False) -> list[Path]:
+    """Write every report file under ``out_dir`` (each atomically); returns the paths written."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VitqbenchError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
+    written = write_tables(results, out_dir)
+    plots = write_plots(results, out_dir / "plots")
+    report = out_dir / "report.md"
+    write_text_atomic(report, render_report(results, plots))
+    written += [report, *plots]
+    if save_outputs:
+        written += write_outputs(results, out_dir)
+    return written
+
+
+__all__ = [
+    "csv_rows",
+    "output_file_name",
+    "render_report",
+    "results_csv",
+    "results_json",
+    "write_outputs",
+    "write_plots",
+    "write_report",
+]

@@ -1,0 +1,313 @@
+"""End to end: `vitqbench eval` on a tiny random-init ViT at three precisions and built-in data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate import EvalConfig, run_eval
+from vitqbench.ood import ood_metrics, topk_accuracy
+
+SCORES = "msp,energy,mahalanobis,vim"
+ID, FIT = "digits:test", "digits:train:n=400"
+OOD = {"photos": "photos", "noise": "noise:gaussian:n=100"}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_onnx, tmp_path_factory) -> list[Path]:
+    """fp32, int8 and int4 versions of the tiny model."""
+    from vitqbench.quant import CalibConfig, quantize_model
+
+    folder = tmp_path_factory.mktemp("eval-models")
+    fp32 = folder / "tiny.fp32.onnx"
+    fp32.write_bytes(tiny_onnx.read_bytes())
+    int8, int4 = folder / "tiny.int8.onnx", folder / "tiny.int4.onnx"
+    quantize_model(fp32, int8, 8, calib=CalibConfig("digits:train", size=32), progress=False)
+    quantize_model(fp32, int4, 4, progress=False)
+    return [fp32, int8, int4]
+
+
+def eval_args(models: list[Path], out: Path, cache: Path, *extra: str) -> list[str]:
+    args = ["eval", "--id", ID, "--fit", FIT, "--scores", SCORES, "--out", out, "--cache-dir", cache]
+    args += ["--no-progress", "--batch-size", "64"]
+    for path in models:
+        args += ["--model", path]
+    for name, spec in OOD.items():
+        args += ["--ood", f"{name}={spec}"]
+    return [*args, *extra]
+
+
+@pytest.fixture(scope="module")
+def first_run(models, tmp_path_factory):
+    """One full eval through the CLI with --save-outputs, on a fresh cache."""
+    from vitqbench.cli import main
+
+    root = tmp_path_factory.mktemp("eval-run")
+    out, cache = root / "out", root / "cache"
+    with pytest.raises(SystemExit) as done:
+        main([str(a) for a in eval_args(models, out, cache, "--save-outputs")])
+    assert done.value.code in (0, None)
+    return out, cache
+
+
+def load(out: Path) -> tuple[dict, list[dict]]:
+    doc = json.loads((out / "results.json").read_text())
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return doc, rows
+
+
+def test_json_csv_and_saved_outputs_agree(first_run, models):
+    out, _ = first_run
+    doc, rows = load(out)
+    assert [m["precision"] for m in doc["models"]] == ["fp32", "int8", "int4"]
+    assert not doc["failures"]
+    sizes = {d["name"]: d["size"] for d in doc["datasets"]}
+    assert sizes == {ID: 360, "fit": 400, "photos": 120, "noise": 100}
+    assert doc["versions"]["onnxruntime"] and doc["settings"]["seed"] == 0
+    labels = [m["label"] for m in doc["models"]]
+    scores = SCORES.split(",")
+    # One csv row per model x dataset x score (the ID set: one per model), each equal to the json.
+    assert len(rows) == len(labels) * (1 + (len(OOD) + 1) * len(scores))
+    by_key = {(r["model"], r["dataset"], r["score"]): r for r in rows}
+    for m in doc["ood_metrics"]:
+        row = by_key[(m["model"], m["dataset"], m["score"])]
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+            assert float(row[metric]) == m[metric]
+    for m in doc["id_metrics"]:
+        row = by_key[(m["model"], ID, "")]
+        assert float(row["top1"]) == m["top1"] and float(row["ece"]) == m["ece"]
+
+    # Any number can be recomputed from the saved per-sample outputs.
+    for label in labels:
+        id_npz = np.load(out / "outputs" / f"{label}__digits_test.npz")
+        assert id_npz["logits"].shape == (360, 10) and id_npz["features"].shape == (360, 64)
+        top1 = topk_accuracy(id_npz["logits"], id_npz["labels"], 1)
+        assert top1 == pytest.approx(float(by_key[(label, ID, "")]["top1"]), abs=1e-12)
+        np.testing.assert_array_equal(id_npz["predictions"], id_npz["logits"].argmax(1))
+        for name in OOD:
+            ood_npz = np.load(out / "outputs" / f"{label}__{name}.npz")
+            for score in scores:
+                m = ood_metrics(id_npz[f"score_{score}"], ood_npz[f"score_{score}"])
+                assert m.auroc == pytest.approx(float(by_key[(label, name, score)]["auroc"]), abs=1e-12)
+                assert m.fpr95 == pytest.approx(float(by_key[(label, name, score)]["fpr95"]), abs=1e-12)
+        mean = by_key[(label, "mean", "energy")]
+        per_set = [float(by_key[(label, name, "energy")]["aupr_out"]) for name in OOD]
+        assert float(mean["aupr_out"]) == pytest.approx(np.mean(per_set))
+
+
+def test_deltas_are_relative_to_the_baseline(first_run):
+    out, _ = first_run
+    doc, rows = load(out)
+    base = doc["models"][0]["label"]
+    assert all(m["baseline"] == base for m in doc["models"])
+    ood = {(m["model"], m["dataset"], m["score"]): m for m in doc["ood_metrics"]}
+    ids = {m["model"]: m for m in doc["id_metrics"]}
+    assert doc["deltas"] and {d["model"] for d in doc["deltas"]} == {m["label"] for m in doc["models"][1:]}
+    for d in doc["deltas"]:
+        own = ids[d["model"]] if d["score"] is None else ood[(d["model"], d["dataset"], d["score"])]
+        ref = ids[base] if d["score"] is None else ood[(base, d["dataset"], d["score"])]
+        assert d["value"] == own[d["metric"]] and d["baseline_value"] == ref[d["metric"]]
+        assert d["abs"] == pytest.approx(own[d["metric"]] - ref[d["metric"]])
+        if ref[d["metric"]]:
+            assert d["rel"] == pytest.approx((own[d["metric"]] - ref[d["metric"]]) / abs(ref[d["metric"]]))
+    csv_row = next(r for r in rows if r["model"] != base and r["score"] == "msp" and r["dataset"] == "photos")
+    delta = next(
+        d
+        for d in doc["deltas"]
+        if (d["model"], d["dataset"], d["score"], d["metric"]) == (csv_row["model"], "photos", "msp", "auroc")
+    )
+    assert float(csv_row["delta_auroc"]) == delta["abs"]
+    assert all(r["delta_auroc"] == "" for r in rows if r["model"] == base)
+
+
+def test_rerun_runs_no_model_and_new_ood_set_runs_only_that(first_run, models, tmp_path, monkeypatch, run_cli):
+    import vitqbench.runtime
+
+    out, cache = first_run
+    sessions = []
+    real = vitqbench.runtime.create_session
+    monkeypatch.setattr(vitqbench.runtime, "create_session", lambda *a, **k: sessions.append(a) or real(*a, **k))
+    result = run_cli(*eval_args(models, tmp_path / "again", cache))
+    assert result.code == 0, result.stderr
+    doc, _ = load(tmp_path / "again")
+    assert sessions == [] and doc["cache"]["computed"] == 0 and doc["cache"]["samples_computed"] == 0
+    assert doc["ood_metrics"] == load(out)[0]["ood_metrics"]
+
+    more = EvalConfig(
+        models=models,
+        id=ID,
+        fit=FIT,
+        ood={**OOD, "uniform": "noise:uniform:n=50"},
+        scores=SCORES,
+        cache_dir=cache,
+        progress=False,
+    )
+    results = run_eval(more)
+    assert len(sessions) == len(models)  # one session per model, for the new set only
+    assert results.cache["computed"] == len(models) and results.cache["samples_computed"] == 50 * len(models)
+
+
+def test_interrupted_run_resumes_from_finished_shards(first_run, models, tmp_path, monkeypatch):
+    import vitqbench.evaluate.inference as inference
+    import vitqbench.runtime
+
+    monkeypatch.setattr(inference, "SHARD_SAMPLES", 64)
+    real = vitqbench.runtime.create_session
+    calls = {"n": 0}
+
+    class Flaky:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of the first cell
+            return self.session.run(*args, **kwargs)
+
+    monkeypatch.setattr(vitqbench.runtime, "create_session", lambda *a, **k: Flaky(real(*a, **k)))
+    config = EvalConfig(
+        models=models[:1],
+        id=ID,
+        fit=FIT,
+        ood=OOD,
+        scores=SCORES,
+        batch_size=32,
+        cache_dir=tmp_path / "c",
+        progress=False,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config)
+    parts = list((tmp_path / "c" / "outputs").glob("*.parts/*.npz"))
+    assert len(parts) == 1  # 3 batches of 32 done: one 64-sample shard written, the rest lost
+    results = run_eval(config)
+    total = 360 + 400 + sum(int(s.split("=")[-1]) if "=" in s else 120 for s in OOD.values())
+    assert results.cache["samples_computed"] == total - 64
+    assert not list((tmp_path / "c" / "outputs").glob("*.parts"))
+    reference, _ = load(first_run[0])
+    label = results.models[0].label
+    expected = [m for m in reference["ood_metrics"] if m["model"] == label]
+    got = results.to_dict()["ood_metrics"]
+    assert [(g["dataset"], g["score"]) for g in got] == [(e["dataset"], e["score"]) for e in expected]
+    assert [g["auroc"] for g in got] == pytest.approx([e["auroc"] for e in expected], abs=1e-9)
+
+
+def test_failing_cells_are_reported_and_the_others_finish(models, tmp_path, run_cli):
+    from PIL import Image
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    twelve = tmp_path / "twelve"  # 12 class folders: more classes than the 10-class model has
+    for c in range(12):
+        (twelve / f"c{c:02d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (c * 20, 0, 0)).save(twelve / f"c{c:02d}" / "x.png")
+    args = [
+        "eval",
+        "--model",
+        models[0],
+        "--model",
+        broken,
+        "--id",
+        ID,
+        "--scores",
+        "msp",
+        "--ood",
+        "photos=photos",
+        "--ood",
+        f"gone={tmp_path / 'missing'}",
+        "--out",
+        tmp_path / "out",
+        "--cache-dir",
+        tmp_path / "c",
+        "--no-progress",
+    ]
+    result = run_cli(*args)
+    assert result.code == 2
+    assert "broken" in result.stderr and "gone" in result.stderr and "Traceback" not in result.stderr
+    doc, _ = load(tmp_path / "out")
+    stages = {(f["model"], f["dataset"], f["stage"]) for f in doc["failures"]}
+    assert ("broken", None, "load-model") in stages and (None, "gone", "load-data") in stages
+    assert [m["model"] for m in doc["ood_metrics"] if m["dataset"] == "photos"] == ["tiny.fp32"]
+    assert (tmp_path / "out" / "report.md").read_text().count("load-data") == 1
+
+    result = run_cli(
+        "eval",
+        "--model",
+        models[0],
+        "--id",
+        twelve,
+        "--scores",
+        "msp",
+        "--ood",
+        "photos=photos",
+        "--out",
+        tmp_path / "out2",
+        "--cache-dir",
+        tmp_path / "c",
+        "--no-progress",
+    )
+    assert result.code == 2 and "label" in result.stderr and "10 classes" in result.stderr
+
+
+def test_report_and_plots_exist(first_run):
+    out, _ = first_run
+    report = (out / "report.md").read_text()
+    for heading in ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95 (%)", "## Models"):
+        assert heading in report
+    assert "tiny.int4" in report and "(reference)" in report
+    plots = sorted((out / "plots").glob("*.png"))
+    names = {p.name for p in plots}
+    assert {"bars_top1.png", "bars_auroc.png", "bars_aupr_out.png", "roc_photos_msp.png"} <= names
+    assert any(n.startswith("hist_") for n in names)
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*.npz"))
+
+
+def test_bench_adds_latency_and_size_to_the_report(first_run, models, tmp_path):
+    from vitqbench.report import write_report
+
+    config = EvalConfig(
+        models=models[:2],
+        id=ID,
+        ood={"photos": "photos"},
+        scores="msp",
+        cache_dir=first_run[1],
+        progress=False,
+        bench=True,
+        bench_options={"iters": 3, "warmup": 1, "rounds": 1},
+    )
+    results = run_eval(config)
+    assert results.cache["computed"] == 0 and not results.failures
+    assert [r["model"] for r in results.bench] == ["tiny.fp32", "tiny.int8"]
+    assert all(r["p50_ms"] > 0 and r["model_mb"] > 0 for r in results.bench)
+    write_report(results, tmp_path)
+    assert "## Latency and size" in (tmp_path / "report.md").read_text()
+
+
+def test_baseline_option_and_bad_provider(first_run, models):
+    config = EvalConfig(
+        models=models,
+        id=ID,
+        ood={"photos": "photos"},
+        scores="msp",
+        cache_dir=first_run[1],
+        progress=False,
+        baseline=models[1].name,
+    )
+    results = run_eval(config)
+    assert results.cache["computed"] == 0
+    assert {m.baseline for m in results.models} == {"tiny.int8"}
+    assert {d.model for d in results.deltas} == {"tiny.fp32", "tiny.int4"}
+    d = results.delta("tiny.fp32", ID, None, "top1")
+    assert d.abs == pytest.approx(results.id_metric("tiny.fp32").top1 - results.id_metric("tiny.int8").top1)
+    with pytest.raises(VitqbenchError, match="none of the given models"):
+        run_eval(EvalConfig(**{**config.__dict__, "baseline": "other.onnx"}))
+    with pytest.raises(VitqbenchError, match="unknown provider"):
+        run_eval(EvalConfig(**{**config.__dict__, "provider": "tpu"}))

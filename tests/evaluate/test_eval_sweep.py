@@ -1,0 +1,145 @@
+"""`vitqbench sweep`: TOML parsing, presets, and a tiny offline study run twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.sweep import load_sweep_config, parse_sweep, preset_names
+
+TINY_TOML = """
+[study]
+name = "t"
+scores = ["msp", "vim"]
+
+[[models]]
+name = "deit_tiny_patch16_224"
+label = "m"
+pretrained = false
+kwargs = { img_size = 32, patch_size = 8, depth = 1, embed_dim = 32, num_heads = 2, num_classes = 10 }
+
+[[precisions]]
+name = "fp32"
+
+[[precisions]]
+name = "int8"
+per_channel = false
+
+[[precisions]]
+name = "int4"
+bits = 4
+block_size = 32
+
+[data]
+id = "digits:test"
+fit = "digits:train:n=200"
+calib = "digits:train"
+calib_size = 16
+
+[data.ood]
+noise = "noise:gaussian:n=60"
+"""
+
+
+def test_presets_parse_and_name_real_timm_tags():
+    import timm
+
+    assert {"paper", "tiny"} <= set(preset_names())
+    paper = load_sweep_config(preset="paper")
+    names = [m.name for m in paper.models]
+    assert names == [
+        "deit_small_patch16_224.fb_in1k",
+        "deit3_small_patch16_224.fb_in1k",
+        "deit3_small_patch16_224.fb_in22k_ft_in1k",
+        "vit_small_patch16_224.augreg_in1k",
+        "vit_small_patch16_224.augreg_in21k_ft_in1k",
+    ]
+    assert all(n in timm.list_pretrained(n) for n in names)
+    assert [p.name for p in paper.precisions] == ["fp32", "int8", "int4"]
+    assert set(paper.ood) == {"ssb_hard", "ninco", "inaturalist", "textures", "openimage_o"}
+    assert paper.ood["textures"].root == "images_classic"
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"data": {"id": "digits"}}, "no [[models]]"),
+        ({"models": [{"name": "x"}]}, "needs id"),
+        ({"models": [{"name": "x", "colour": 1}], "data": {"id": "d"}}, "unknown key(s) colour"),
+        ({"models": [{"name": "x"}], "data": {"id": "d"}, "precisions": [{"name": "int3"}]}, "bits = 8 or 4"),
+        ({"models": [{"name": "x"}, {"name": "x"}], "data": {"id": "d"}}, "listed twice"),
+    ],
+)
+def test_bad_sweep_files_fail_with_one_line(doc, message):
+    with pytest.raises(VitqbenchError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        parse_sweep(doc)
+
+
+def test_sweep_runs_every_cell_then_reuses_everything(tmp_path, run_cli, monkeypatch):
+    import vitqbench.export
+    import vitqbench.quant
+
+    study = tmp_path / "study.toml"
+    study.write_text(TINY_TOML)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["sweep", study, "--out", out, "--cache-dir", cache, "--no-pretrained", "--no-progress"]
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert [m["label"] for m in doc["models"]] == ["m.fp32", "m.int8", "m.int4"]
+    assert [m["precision"] for m in doc["models"]] == ["fp32", "int8", "int4"]
+    assert {m["baseline"] for m in doc["models"]} == {"m.fp32"}
+    assert doc["models"][1]["metadata"]["quantization"]["per_channel"] is False
+    assert doc["settings"]["sweep"]["name"] == "t"
+    assert {(d["model"], d["metric"]) for d in doc["deltas"]} >= {("m.int8", "top1"), ("m.int4", "auroc")}
+    assert (out / "report.md").stat().st_size > 0
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "models").glob("*.onnx")}
+    called = []
+    monkeypatch.setattr(vitqbench.export, "export_model", lambda *a, **k: called.append("export"))
+    monkeypatch.setattr(vitqbench.quant, "quantize_model", lambda *a, **k: called.append("quantize"))
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    again = json.loads((out / "results.json").read_text())
+    assert called == [] and again["cache"]["computed"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").glob("*.onnx")} == stamps
+    assert again["ood_metrics"] == doc["ood_metrics"]
+
+
+def test_changed_precision_options_requantize_only_that_file(tmp_path, run_cli):
+    study = tmp_path / "study.toml"
+    study.write_text(TINY_TOML.replace('[[precisions]]\nname = "int4"\nbits = 4\nblock_size = 32\n', ""))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["sweep", study, "--out", out, "--cache-dir", cache, "--no-pretrained", "--no-progress"]
+    assert run_cli(*args).code == 0
+    fp32, int8 = out / "models" / "m.fp32.onnx", out / "models" / "m.int8.onnx"
+    before = fp32.stat().st_mtime_ns, int8.stat().st_mtime_ns
+    study.write_text(study.read_text().replace("per_channel = false", "per_channel = true"))
+    assert run_cli(*args).code == 0
+    assert fp32.stat().st_mtime_ns == before[0] and int8.stat().st_mtime_ns != before[1]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["models"][1]["metadata"]["quantization"]["per_channel"] is True
+
+
+def test_sweep_cli_errors(tmp_path, run_cli):
+    result = run_cli("sweep", "--preset", "nope", "--out", tmp_path)
+    assert result.code == 2 and "unknown preset" in result.stderr
+    result = run_cli("sweep", "--out", tmp_path)
+    assert result.code == 2 and "--preset" in result.stderr
+    result = run_cli("sweep", "--preset", "paper", "--show")
+    assert result.code == 0 and "fb_in22k_ft_in1k" in result.stdout
+
+
+def test_missing_data_root_lists_fail_as_cells(tmp_path):
+    config = load_sweep_config(preset="paper")
+    from vitqbench.evaluate.sweep import _resolve, _roots
+
+    assert _resolve(config.id, tmp_path) == config.id.spec  # not under the root: left as written
+    (tmp_path / "benchmark_imglist" / "imagenet").mkdir(parents=True)
+    (tmp_path / "benchmark_imglist/imagenet/test_imagenet.txt").write_text("")
+    assert _resolve(config.id, tmp_path) == str(tmp_path / config.id.spec)
+    assert _roots(config, tmp_path)["textures"] == tmp_path / "images_classic"
+    assert Path(_roots(config, tmp_path)["id"]).name == "images_largescale"

@@ -1,0 +1,80 @@
+"""Small pieces of eval: argument parsing, labels, deltas, the output cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.cache import OutputCache, Outputs
+from vitqbench.evaluate.results import IdMetrics, ModelInfo, OodMetrics, compute_deltas
+from vitqbench.evaluate.run import _unique_labels
+from vitqbench.evaluate.scoring import parse_score_specs
+from vitqbench.evaluate.summary import parse_ood_args
+
+
+def test_score_specs_parse_params_and_reject_bad_input():
+    specs = parse_score_specs("msp, energy:temperature=2 ,knn:k=5")
+    assert [s.label for s in specs] == ["msp", "energy:temperature=2", "knn:k=5"]
+    assert specs[2].params == {"k": 5} and specs[2].create().k == 5
+    for bad, message in [("nope", "unknown score"), ("knn:k", "KEY=VALUE"), ("msp,msp", "twice"), ("", "no scores")]:
+        with pytest.raises(VitqbenchError, match=message):
+            parse_score_specs(bad)
+
+
+def test_ood_args():
+    assert parse_ood_args(["a=photos", "b = noise:gaussian:n=5"]) == {"a": "photos", "b": "noise:gaussian:n=5"}
+    for bad in (["photos"], ["a=x", "a=y"], ["mean=x"], ["=x"]):
+        with pytest.raises(VitqbenchError):
+            parse_ood_args(bad)
+
+
+def test_labels_are_unique_and_readable():
+    assert _unique_labels([Path("a/m.onnx"), Path("a/m.int8.onnx")]) == ["m", "m.int8"]
+    assert _unique_labels([Path("x/m.onnx"), Path("y/m.onnx")]) == ["x/m", "y/m"]
+    assert _unique_labels([Path("x/m.onnx"), Path("x/m.onnx")]) == ["x/m", "x/m#2"]
+
+
+def _info(label: str, baseline: str) -> ModelInfo:
+    return ModelInfo(label, f"{label}.onnx", "0" * 64, 1, "fp32", label, baseline, {})
+
+
+def test_deltas_follow_each_models_own_baseline():
+    models = [_info("a", "a"), _info("a8", "a"), _info("b", "b"), _info("b4", "b")]
+    top1 = {"a": 0.8, "a8": 0.6, "b": 0.5, "b4": 0.0}
+    ids = [IdMetrics(m, "id", 10, t, 1.0, 0.1) for m, t in top1.items()]
+    oods = [OodMetrics(m, "o", "msp", 10, 10, auroc, 0.5, 0.5, 0.2) for m, auroc in [("a", 0.9), ("a8", 0.45)]]
+    deltas = {(d.model, d.metric, d.dataset): d for d in compute_deltas(models, ids, oods)}
+    assert deltas[("a8", "top1", "id")].abs == pytest.approx(-0.2)
+    assert deltas[("a8", "top1", "id")].rel == pytest.approx(-0.25)
+    assert deltas[("a8", "auroc", "o")].rel == pytest.approx(-0.5)
+    assert deltas[("b4", "top1", "id")].baseline == "b" and deltas[("b4", "top1", "id")].rel == -1.0
+    assert ("b4", "auroc", "o") not in deltas  # its baseline has no such metric
+    assert not any(d.model in {"a", "b"} for d in deltas.values())
+
+
+def test_output_cache_merges_shards_in_dataset_order(tmp_path):
+    cache = OutputCache(tmp_path)
+
+    def part(idx):
+        idx = np.asarray(idx)
+        return Outputs(
+            idx[:, None] * np.ones((1, 3), np.float32),
+            np.zeros((len(idx), 2), np.float32),
+            idx.astype(np.int64),
+            np.asarray([f"p{i}" for i in idx]),
+            idx.astype(np.int64),
+        )
+
+    cache.save_part("k", part([4, 5]))
+    cache.save_part("k", part([0, 1, 2]))
+    assert sorted(len(p) for p in cache.load_parts("k")) == [2, 3]
+    out = cache.finish("k", cache.load_parts("k"), {3: "unreadable"})
+    assert out.indices.tolist() == [0, 1, 2, 4, 5] and out.paths.tolist() == ["p0", "p1", "p2", "p4", "p5"]
+    again = cache.get("k")
+    assert again.logits[:, 0].tolist() == [0, 1, 2, 4, 5] and again.skipped == {3: "unreadable"}
+    assert not cache.parts_dir("k").exists()
+    cache.path("k").write_bytes(b"garbage")  # a damaged entry is dropped and recomputed, never trusted
+    assert cache.get("k") is None and not cache.path("k").exists()

@@ -1,0 +1,88 @@
+"""Report files from a hand-made EvalResults: no model runs, so every number is known in advance."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+
+from vitqbench.evaluate.results import (
+    DatasetInfo,
+    EvalResults,
+    Failure,
+    IdMetrics,
+    ModelInfo,
+    OodMetrics,
+    compute_deltas,
+)
+from vitqbench.report import write_report
+
+
+def make_results(tmp_path) -> EvalResults:
+    rng = np.random.default_rng(0)
+    models = [
+        ModelInfo("m.fp32", "m.fp32.onnx", "a" * 64, 4_000_000, "fp32", "vit_s", "m.fp32", {}),
+        ModelInfo("m.int4", "m.int4.onnx", "b" * 64, 1_000_000, "int4", "vit_s", "m.fp32", {}),
+    ]
+    datasets = [
+        DatasetInfo("id", "id", "digits:test", "k1", 50, 10, False),
+        DatasetInfo("far", "ood", "noise:gaussian", "k2", 40, None, True, [("x.png", "truncated")]),
+    ]
+    ids = [IdMetrics("m.fp32", "id", 50, 0.8, 0.95, 0.05), IdMetrics("m.int4", "id", 50, 0.6, 0.9, float("nan"))]
+    oods = [
+        OodMetrics(m, d, "msp", 50, 40, auroc, 0.7, 0.6, 0.3)
+        for m, auroc in (("m.fp32", 0.9), ("m.int4", 0.72))
+        for d in ("far", "mean")
+    ]
+    samples = {
+        (m.label, d): {
+            "labels": np.zeros(n, np.int64),
+            "predictions": np.zeros(n, np.int64),
+            "paths": np.asarray(["p"] * n),
+            "msp": rng.normal(shift, 1, n),
+        }
+        for m in models
+        for d, n, shift in (("id", 50, 1.0), ("far", 40, 0.0))
+    }
+    return EvalResults(
+        models=models,
+        datasets=datasets,
+        scores=[{"name": "msp"}],
+        id_metrics=ids,
+        ood_metrics=oods,
+        deltas=compute_deltas(models, ids, oods),
+        failures=[Failure("m.int4", "far", "inference", "boom")],
+        settings={
+            "id": "digits:test",
+            "fit": None,
+            "provider": "cpu",
+            "threads": None,
+            "batch_size": 8,
+            "session_policy": "one session",
+            "seed": 0,
+        },
+        versions={"numpy": np.__version__},
+        cache={"dir": str(tmp_path), "hits": 1, "computed": 3, "samples_computed": 90, "cells": {}},
+        samples=samples,
+    )
+
+
+def test_report_json_csv_and_plots(tmp_path):
+    results = make_results(tmp_path)
+    written = write_report(results, tmp_path / "out")
+    out = tmp_path / "out"
+    assert {p.name for p in written} >= {"results.json", "results.csv", "report.md", "bars_top1.png"}
+    doc = json.loads((out / "results.json").read_text())  # strict JSON: NaN became null
+    assert doc["id_metrics"][1]["ece"] is None and doc["datasets"][1]["skipped"] == [["x.png", "truncated"]]
+    assert "samples" not in doc
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    int4_far = next(r for r in rows if r["model"] == "m.int4" and r["dataset"] == "far")
+    assert float(int4_far["delta_auroc"]) == 0.72 - 0.9
+    assert float(int4_far["delta_auroc_rel"]) == (0.72 - 0.9) / 0.9
+    report = (out / "report.md").read_text()
+    assert "| m.int4 | int4 | 60.00 | -20.00, -25.0% |" in report
+    assert "72.00 (-18.00, -20.0%)" in report  # AUROC on far, with delta
+    assert "[m.int4 x far] inference: boom" in report and "| far | ood | noise:gaussian | 40 |" in report
+    for name in ("bars_auroc.png", "roc_far_msp.png", "hist_m.fp32_msp.png"):
+        assert (out / "plots" / name).stat().st_size > 2000

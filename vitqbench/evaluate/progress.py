@@ -1,0 +1,54 @@
+"""A rich progress display for the eval matrix: one bar per running cell, with rate and ETA."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class CellProgress:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+
+    def __enter__(self) -> CellProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            self._progress.console.log(message)
+
+    @contextlib.contextmanager
+    def cell(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        task = self._progress.add_task(description, total=total)
+
+        def advance(n: int) -> None:
+            self._progress.advance(task, n)
+
+        try:
+            yield advance
+        finally:
+            self._progress.update(task, visible=self.enabled)

@@ -1,0 +1,485 @@
+"""The eval matrix: every model over every dataset once, then scores, metrics and deltas.
+
+One ONNX Runtime session is alive at a time (models outer, datasets inner), so no idle session's
+spinning threads compete with the running one. A session is only created when some cell of that
+model is missing from the cache, so a repeated run touches no model at all.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
+from vitqbench.evaluate.inference import run_cell
+from vitqbench.evaluate.progress import CellProgress
+from vitqbench.evaluate.results import (
+    MEAN,
+    OOD_METRICS,
+    DatasetInfo,
+    EvalResults,
+    Failure,
+    IdMetrics,
+    ModelInfo,
+    OodMetrics,
+    compute_deltas,
+)
+from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
+from vitqbench.evaluate.state import fitted_score
+from vitqbench.files import sha256_file
+from vitqbench.metadata import ModelMetadata, read_metadata
+from vitqbench.runtime import resolve_provider
+
+SESSION_POLICY = "one ONNX Runtime session alive at a time"
+FIT = "fit"  # the name of the fit set in results
+
+
+@dataclass
+class EvalConfig:
+    models: list[Path]
+    id: str
+    ood: dict[str, str] = field(default_factory=dict)  # OOD set name -> DATA spec
+    id_name: str | None = None  # how tables name the ID set; default its spec
+    fit: str | None = None  # DATA spec the feature scores are fitted on
+    scores: str | list[str] | None = None  # "msp,energy,knn:k=50"; None: every score that can run
+    baseline: str | None = None  # model path, file name or label; default the first model
+    baseline_of: dict[str, str] | None = None  # label -> baseline label (sweep: per model family)
+    labels: list[str] | None = None  # display labels, one per model; default the file stems
+    provider: str = "cpu"
+    threads: int | None = None
+    batch_size: int = 64
+    cache_dir: Path | None = None
+    data_root: Path | None = None
+    data_roots: dict[str, Path] = field(default_factory=dict)  # per set ("id", "fit", OOD name): list roots
+    strict: bool = False
+    bench: bool = False
+    bench_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class _Model:
+    info: ModelInfo
+    meta: ModelMetadata
+
+
+@dataclass
+class _Data:
+    info: DatasetInfo
+    dataset: Any
+
+
+def run_eval(config: EvalConfig) -> EvalResults:
+    """Run (or fetch from the cache) every model x dataset cell and compute every metric."""
+    if not config.models:
+        raise VitqbenchError("no models given (--model A.onnx ...)")
+    if config.batch_size < 1:
+        raise VitqbenchError(f"--batch-size must be at least 1 (got {config.batch_size})")
+    for name in config.ood:
+        if name in {config.id_name or config.id, FIT, MEAN}:
+            raise VitqbenchError(f"OOD set name {name!r} clashes with the ID set, the fit set or {MEAN!r}")
+    specs = parse_score_specs(config.scores) if config.scores else default_score_specs(config.fit is not None)
+    fit_specs = [s for s in specs if s.create().needs_fit]
+    if fit_specs and config.fit is None:
+        names = ", ".join(s.label for s in fit_specs)
+        raise VitqbenchError(f"score(s) {names} must be fitted: give --fit DATA (e.g. the ID training set)")
+    resolve_provider(config.provider)  # an unknown or missing provider is one error, not a failure per model
+    cache_root = resolve_cache_dir(config.cache_dir)
+    cache = OutputCache(cache_root)
+    failures: list[Failure] = []
+    warnings: list[str] = []
+
+    models = _load_models(config, failures)
+    _assign_baselines(config, models, warnings)
+    datasets = _load_datasets(config, failures, needs_fit=bool(fit_specs))
+    id_data = next((d for d in datasets if d.info.role == "id"), None)
+    fit_data = next((d for d in datasets if d.info.role == "fit"), None)
+    ood_data = [d for d in datasets if d.info.role == "ood"]
+    if fit_data is not None and id_data is not None and fit_data.info.key == id_data.info.key:
+        warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
+
+    results = EvalResults(
+        models=[m.info for m in models],
+        datasets=[d.info for d in datasets],
+        scores=[
+            {"name": s.label, "score": s.name, "params": s.params, "needs_fit": s.create().needs_fit} for s in specs
+        ],
+        id_metrics=[],
+        ood_metrics=[],
+        deltas=[],
+        failures=failures,
+        settings=_settings(config),
+        versions=_versions(),
+        cache={
+            "dir": str(cache_root),
+            "hits": 0,
+            "computed": 0,
+            "sessions": 0,
+            "samples_computed": 0,
+            "cells": {},
+        },
+        warnings=warnings,
+    )
+    # Without the ID set no metric exists: its load failure is recorded and no model runs.
+    run_data = [d for d in (id_data, fit_data) if d is not None] + ood_data if id_data is not None else []
+    with CellProgress(enabled=config.progress) as progress:
+        for model in models:
+            outputs = _model_outputs(config, model, run_data, cache, results, progress)
+            _score_model(config, model, specs, outputs, id_data, fit_data, ood_data, cache_root, results)
+            del outputs  # one model's outputs in memory at a time
+    for data in datasets:  # unreadable images are only known once decoded (or restored from a cache)
+        data.info.skipped = [(str(p), str(r)) for p, r in data.dataset.skipped]
+    results.deltas = compute_deltas(results.models, results.id_metrics, results.ood_metrics)
+    if config.bench:
+        from vitqbench.evaluate.benching import bench_models
+
+        results.bench = bench_models(
+            [m.info for m in models],
+            config.provider,
+            config.threads,
+            config.bench_options,
+            config.progress,
+            failures,
+        )
+    return results
+
+
+def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
+    if config.labels is not None and len(config.labels) != len(config.models):
+        raise VitqbenchError("give one label per model")
+    labels = list(config.labels) if config.labels else _unique_labels(config.models)
+    models = []
+    for path, label in zip(config.models, labels, strict=True):
+        path = Path(path)
+        try:
+            meta = read_metadata(path)
+        except VitqbenchError as exc:
+            failures.append(Failure(label, None, "load-model", str(exc)))
+            continue
+        info = ModelInfo(
+            label=label,
+            path=str(path),
+            sha256=sha256_file(path),
+            size_bytes=_model_bytes(path),
+            precision=meta.precision,
+            display_name=meta.display_name,
+            baseline=None,
+            metadata=_meta_dict(meta),
+        )
+        models.append(_Model(info, meta))
+    return models
+
+
+def _unique_labels(paths: list[Path]) -> list[str]:
+    stems = [Path(p).name.removesuffix(".onnx") for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    # Same file name in different folders: prefix the parent folder to tell them apart.
+    labels = [f"{Path(p).parent.name}/{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def _model_bytes(path: Path) -> int:
+    """Size on disk, counting external-data files next to the model."""
+    size = path.stat().st_size
+    for extra in path.parent.glob(path.name + ".data"):
+        size += extra.stat().st_size
+    return size
+
+
+def _meta_dict(meta: ModelMetadata) -> dict[str, Any]:
+    import json
+
+    return json.loads(meta.to_json())
+
+
+def _assign_baselines(config: EvalConfig, models: list[_Model], warnings: list[str]) -> None:
+    if not models:
+        return
+    if config.baseline_of is not None:
+        labels = {m.info.label for m in models}
+        for m in models:
+            base = config.baseline_of.get(m.info.label)
+            if base is not None and base not in labels:
+                warnings.append(f"baseline {base} of {m.info.label} did not load: no deltas for it")
+                base = None
+            m.info.baseline = base
+        return
+    if config.baseline is None:
+        base = models[0].info.label
+        if models[0].info.path != str(Path(config.models[0])):
+            warnings.append(f"the first model did not load; deltas are against {base}")
+    else:
+        base = _match_model(config.baseline, models)
+    for m in models:
+        m.info.baseline = base
+
+
+def _match_model(name: str, models: list[_Model]) -> str:
+    for m in models:
+        if name in {m.info.label, m.info.path, Path(m.info.path).name, str(Path(m.info.path).resolve())}:
+            return m.info.label
+    if Path(name).exists():
+        resolved = str(Path(name).resolve())
+        for m in models:
+            if str(Path(m.info.path).resolve()) == resolved:
+                return m.info.label
+    raise VitqbenchError(f"--baseline {name} is none of the given models that loaded")
+
+
+def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool) -> list[_Data]:
+    from vitqbench.data import load_dataset
+
+    wanted = [(config.id, "id", config.id_name or config.id)]
+    if needs_fit and config.fit:
+        wanted.append((config.fit, "fit", FIT))
+    wanted += [(spec, "ood", name) for name, spec in config.ood.items()]
+    loaded = []
+    for spec, role, name in wanted:
+        root = config.data_roots.get(role if role != "ood" else name, config.data_root)
+        try:
+            ds = load_dataset(spec, data_root=root, strict=config.strict)
+            if len(ds) == 0:
+                raise VitqbenchError(f"{spec} holds no images")
+        except VitqbenchError as exc:
+            failures.append(Failure(None, name, "load-data", str(exc)))
+            continue
+        except Exception as exc:  # a broken dataset must not stop the other cells
+            failures.append(Failure(None, name, "load-data", f"{type(exc).__name__}: {exc}"))
+            continue
+        class_names = getattr(ds, "class_names", None)
+        info = DatasetInfo(
+            name=name,
+            role=role,
+            spec=spec,
+            key=str(ds.key),
+            size=len(ds),
+            num_classes=len(class_names) if class_names else None,
+            synthetic=bool(getattr(ds, "synthetic", False)),
+        )
+        loaded.append(_Data(info, ds))
+    return loaded
+
+
+def _check_classes(meta: ModelMetadata, data: _Data) -> None:
+    """Labels the model cannot predict mean the wrong model or the wrong ID set: say which."""
+    from vitqbench.data import check_labels
+
+    if data.dataset.labels is not None:
+        check_labels(data.dataset, meta.num_classes)
+
+
+def _model_outputs(
+    config: EvalConfig,
+    model: _Model,
+    run_data: list[_Data],
+    cache: OutputCache,
+    results: EvalResults,
+    progress: CellProgress,
+) -> dict[str, Outputs]:
+    """This model's outputs on every dataset it can run on; failed cells are recorded and skipped."""
+    from vitqbench.runtime import create_session
+
+    label = model.info.label
+    outputs: dict[str, Outputs] = {}
+    session = None
+    for data in run_data:
+        name = data.info.name
+        key = outputs_key(model.info.sha256, data.info.key, config.provider)
+        try:
+            if data.info.role in {"id", "fit"}:
+                _check_classes(model.meta, data)
+            results.cache["cells"][f"{label}__{name}"] = key
+            cached = cache.get(key)
+            if cached is not None:
+                data.dataset.skipped_reasons.update(cached.skipped)
+                results.cache["hits"] += 1
+                progress.log(f"{label} x {name}: cached")
+                outputs[name] = cached
+                continue
+        except VitqbenchError as exc:
+            results.failures.append(Failure(label, name, "check", str(exc)))
+            if data.info.role == "id":
+                break  # without ID outputs no metric of this model exists: spare its other cells
+            continue
+        if session is None:
+            try:
+                session = create_session(model.info.path, config.provider, config.threads)
+            except VitqbenchError as exc:
+                results.failures.append(Failure(label, None, "load-model", str(exc)))
+                return outputs
+            results.cache["sessions"] += 1
+        try:
+            with progress.cell(f"{label} x {name}", data.info.size) as advance:
+                out, computed = run_cell(
+                    session,
+                    model.meta,
+                    data.dataset,
+                    cache,
+                    key,
+                    batch_size=config.batch_size,
+                    image_cache_dir=cache.dir.parent,  # the data part keeps its decode cache in ROOT/decoded
+                    on_batch=advance,
+                )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one broken cell must not cost the others
+            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+            results.failures.append(Failure(label, name, "inference", _first_line(message)))
+            if data.info.role == "id":
+                break
+            continue
+        results.cache["samples_computed"] += computed
+        results.cache["computed"] += 1
+        outputs[name] = out
+    return outputs
+
+
+def _first_line(message: str) -> str:
+    lines = message.strip().splitlines()
+    return lines[0] if lines else "unknown error"
+
+
+def _score_model(
+    config: EvalConfig,
+    model: _Model,
+    specs: list[ScoreSpec],
+    outputs: dict[str, Outputs],
+    id_data: _Data | None,
+    fit_data: _Data | None,
+    ood_data: list[_Data],
+    cache_root: Path,
+    results: EvalResults,
+) -> None:
+    from vitqbench.ood import expected_calibration_error, ood_metrics, topk_accuracy
+
+    label = model.info.label
+    if id_data is None or id_data.info.name not in outputs:
+        return
+    id_name = id_data.info.name
+    id_out = outputs[id_name]
+    n_classes = id_out.logits.shape[1]
+    if id_out.labels is not None:
+        results.id_metrics.append(
+            IdMetrics(
+                model=label,
+                dataset=id_name,
+                n=len(id_out),
+                top1=float(topk_accuracy(id_out.logits, id_out.labels, 1)),
+                top5=float(topk_accuracy(id_out.logits, id_out.labels, 5)) if n_classes >= 5 else None,
+                ece=float(expected_calibration_error(id_out.logits, id_out.labels)),
+            )
+        )
+    for data in [id_data, *ood_data]:
+        if data.info.name in outputs:
+            out = outputs[data.info.name]
+            results.samples[(label, data.info.name)] = {
+                "labels": out.labels if out.labels is not None else np.full(len(out), -1, np.int64),
+                "predictions": np.argmax(out.logits, axis=1),
+                "paths": out.paths,
+            }
+    fit_out = outputs.get(fit_data.info.name) if fit_data is not None else None
+    ood_names = [d.info.name for d in ood_data]
+    for spec in specs:
+        try:
+            score = fitted_score(spec, model.info, fit_data.info if fit_data else None, fit_out, cache_root)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+            results.failures.append(
+                Failure(label, fit_data.info.name if fit_data else None, f"fit {spec.label}", message)
+            )
+            continue
+        try:
+            id_scores = _score(score, id_out)
+        except Exception as exc:
+            results.failures.append(Failure(label, id_name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
+            continue
+        results.samples[(label, id_name)][spec.label] = id_scores
+        rows = []
+        for name in ood_names:
+            if name not in outputs:
+                continue
+            try:
+                ood_scores = _score(score, outputs[name])
+                m = ood_metrics(id_scores, ood_scores)
+            except Exception as exc:
+                results.failures.append(Failure(label, name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
+                continue
+            results.samples[(label, name)][spec.label] = ood_scores
+            rows.append(
+                OodMetrics(
+                    model=label,
+                    dataset=name,
+                    score=spec.label,
+                    n_id=len(id_scores),
+                    n_ood=len(ood_scores),
+                    auroc=float(m.auroc),
+                    aupr_in=float(m.aupr_in),
+                    aupr_out=float(m.aupr_out),
+                    fpr95=float(m.fpr95),
+                    n_nonfinite=int(getattr(m, "n_nonfinite", 0)),
+                )
+            )
+        results.ood_metrics.extend(rows)
+        loaded_ood = [d.info.name for d in ood_data]
+        if rows and len(rows) == len(loaded_ood):
+            means = {k: float(np.mean([getattr(r, k) for r in rows])) for k in OOD_METRICS}
+            results.ood_metrics.append(
+                OodMetrics(
+                    model=label,
+                    dataset=MEAN,
+                    score=spec.label,
+                    n_id=len(id_scores),
+                    n_ood=sum(r.n_ood for r in rows),
+                    n_nonfinite=sum(r.n_nonfinite for r in rows),
+                    **means,
+                )
+            )
+
+
+def _score(score: Any, out: Outputs) -> np.ndarray:
+    values = np.asarray(score.score(out.logits, out.features), dtype=np.float64)
+    if values.shape != (len(out),):
+        raise VitqbenchError(f"score returned shape {values.shape} for {len(out)} samples")
+    return values
+
+
+def _settings(config: EvalConfig) -> dict[str, Any]:
+    return {
+        "id": config.id,
+        "ood": dict(config.ood),
+        "fit": config.fit,
+        "scores": config.scores,
+        "baseline": config.baseline,
+        "provider": config.provider,
+        "threads": config.threads,
+        "batch_size": config.batch_size,
+        "data_root": str(config.data_root) if config.data_root else None,
+        "seed": config.seed,
+        "session_policy": SESSION_POLICY,
+        "bench": config.bench,
+    }
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("vitqbench", "onnxruntime", "onnx", "numpy", "scikit-learn", "timm", "torch"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

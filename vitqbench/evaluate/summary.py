@@ -1,0 +1,84 @@
+"""Glue for the CLI and the demo: run, write the report, print a short summary, fail at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.results import MEAN, EvalResults
+from vitqbench.evaluate.run import EvalConfig, run_eval
+
+
+def parse_ood_args(items: list[str]) -> dict[str, str]:
+    """``["photos=photos", "noise=noise:gaussian"]`` to ``{name: spec}``; names must be unique."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise VitqbenchError(f"--ood expects NAME=DATA, got {item!r}")
+        if name in out:
+            raise VitqbenchError(f"OOD set name {name!r} is given twice")
+        if name == MEAN:
+            raise VitqbenchError(f"OOD set name {MEAN!r} is reserved for the average over OOD sets")
+        out[name] = spec
+    return out
+
+
+def finish_run(
+    config: EvalConfig, out_dir: Path, save_outputs: bool = False, console: Console | None = None
+) -> EvalResults:
+    """Run the eval, write every report file, print a summary; raise if any cell failed."""
+    from vitqbench.report import write_report
+
+    results = run_eval(config)
+    write_report(results, out_dir, save_outputs=save_outputs)
+    console = console or Console()
+    print_summary(results, console)
+    console.print(f"report: {out_dir / 'report.md'}  (results.json, results.csv, plots/)")
+    raise_failures(results, out_dir)
+    return results
+
+
+def raise_failures(results: EvalResults, out_dir: Path) -> None:
+    if results.failures:
+        for failure in results.failures:
+            Console(stderr=True).print(f"failed: {failure.describe()}", markup=False, highlight=False)
+        raise VitqbenchError(
+            f"{len(results.failures)} cell(s) failed (listed above and in {out_dir / 'report.md'}); "
+            "the other results were written"
+        )
+
+
+def print_summary(results: EvalResults, console: Console) -> None:
+    score = results.score_names[0] if results.score_names else None
+    table = Table(title="vitqbench eval" + (f" (mean over OOD sets, {score})" if score else ""))
+    for column in ("model", "precision", "top-1 %", "Δ top-1", "AUROC %", "AUPR-out %", "FPR@95 %"):
+        left = column in ("model", "precision")
+        width = max([len(m.label) for m in results.models] + [5]) if column == "model" else None
+        table.add_column(column, justify="left" if left else "right", min_width=width)
+    for m in results.models:
+        id_row = results.id_metric(m.label)
+        d = results.delta(m.label, id_row.dataset, None, "top1") if id_row else None
+        ood = results.ood_metric(m.label, MEAN, score) if score else None
+        table.add_row(
+            m.label,
+            m.precision,
+            _pct(id_row.top1 if id_row else None),
+            f"{100 * d.abs:+.2f}" if d else "",
+            _pct(ood.auroc if ood else None),
+            _pct(ood.aupr_out if ood else None),
+            _pct(ood.fpr95 if ood else None),
+        )
+    console.print(table)
+    c = results.cache
+    console.print(
+        f"cache: {c['hits']} cell(s) reused, {c['computed']} computed, {c['samples_computed']} samples run"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"

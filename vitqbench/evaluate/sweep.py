@@ -1,0 +1,427 @@
+"""``vitqbench sweep``: a declarative study, models x precisions x datasets, from a TOML file.
+
+Every cell is export (timm -> ONNX), quantize, eval and optionally bench; a model file that
+already exists with matching metadata (and, for quantized files, the same recipe and parent) is
+reused, and eval's cache does the rest, so a re-run or an interrupted run recomputes only what
+is new. One combined report covers every cell; each quantized model's deltas are against the
+full-precision model of its own family.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.results import EvalResults, Failure
+from vitqbench.evaluate.run import EvalConfig, run_eval
+from vitqbench.files import sha256_file, write_text_atomic
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+FP32 = "fp32"
+
+
+@dataclass
+class DataRef:
+    """A DATA spec, optionally with the folder its image-list paths start at (OpenOOD's data_dir)."""
+
+    spec: str
+    root: str | None = None
+
+
+@dataclass
+class SweepModel:
+    name: str  # timm name with optional tag
+    pretrained: bool = True
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    label: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return self.label or re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+
+
+@dataclass
+class SweepPrecision:
+    name: str  # fp32, int8, int4, or any label (int4-g128)
+    bits: int | None = None  # None: the exported model itself
+    options: dict[str, Any] = field(default_factory=dict)  # Int8Config / Int4Config fields
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    models: list[SweepModel]
+    precisions: list[SweepPrecision]
+    id: DataRef
+    ood: dict[str, DataRef]
+    id_name: str | None = None
+    fit: DataRef | None = None
+    calib: DataRef | None = None
+    calib_size: int = 256
+    scores: list[str] | None = None
+    batch_size: int = 64
+    seed: int = 0
+    bench: bool = False
+    bench_options: dict[str, Any] = field(default_factory=dict)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("vitqbench.evaluate") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    if name not in preset_names():
+        raise VitqbenchError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
+    return (resources.files("vitqbench.evaluate") / "presets" / f"{name}.toml").read_text()
+
+
+def load_sweep_config(path: str | Path | None = None, preset: str | None = None) -> SweepConfig:
+    """Parse a sweep TOML file (or a shipped preset) into a checked SweepConfig."""
+    if (path is None) == (preset is None):
+        raise VitqbenchError("give a sweep CONFIG.toml or --preset NAME (one of them)")
+    if preset is not None:
+        text, origin = preset_text(preset), f"preset {preset}"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise VitqbenchError(f"no such sweep file: {path}")
+        text, origin = path.read_text(), str(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise VitqbenchError(f"{origin} is not valid TOML: {exc}") from exc
+    return parse_sweep(doc, origin)
+
+
+def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
+    _only(doc, {"study", "models", "precisions", "data"}, origin)
+    study = dict(doc.get("study", {}))
+    _only(study, {"name", "scores", "batch_size", "seed", "bench", "bench_options"}, f"{origin} [study]")
+    data = dict(doc.get("data", {}))
+    _only(data, {"id", "id_name", "fit", "calib", "calib_size", "ood"}, f"{origin} [data]")
+    if "id" not in data:
+        raise VitqbenchError(f"{origin}: [data] needs id = DATA")
+    models = [_model(m, origin) for m in doc.get("models", [])]
+    precisions = [_precision(p, origin) for p in doc.get("precisions", [{"name": FP32}])]
+    if not models:
+        raise VitqbenchError(f"{origin}: no [[models]]")
+    for what, names in (("model", [m.slug for m in models]), ("precision", [p.name for p in precisions])):
+        if len(set(names)) != len(names):
+            raise VitqbenchError(f"{origin}: a {what} is listed twice")
+    return SweepConfig(
+        name=str(study.get("name", "sweep")),
+        models=models,
+        precisions=precisions,
+        id=_ref(data["id"], origin),
+        id_name=data.get("id_name"),
+        ood={str(k): _ref(v, origin) for k, v in data.get("ood", {}).items()},
+        fit=_ref(data["fit"], origin) if "fit" in data else None,
+        calib=_ref(data["calib"], origin) if "calib" in data else None,
+        calib_size=int(data.get("calib_size", 256)),
+        scores=study.get("scores"),
+        batch_size=int(study.get("batch_size", 64)),
+        seed=int(study.get("seed", 0)),
+        bench=bool(study.get("bench", False)),
+        bench_options=dict(study.get("bench_options", {})),
+    )
+
+
+def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise VitqbenchError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _ref(value: Any, origin: str) -> DataRef:
+    if isinstance(value, str):
+        return DataRef(value)
+    if isinstance(value, dict) and "spec" in value and set(value) <= {"spec", "root"}:
+        return DataRef(str(value["spec"]), value.get("root"))
+    raise VitqbenchError(f"{origin}: a dataset is DATA or {{ spec = DATA, root = FOLDER }}, got {value!r}")
+
+
+def _model(table: dict[str, Any], origin: str) -> SweepModel:
+    _only(table, {"name", "pretrained", "checkpoint", "kwargs", "seed", "label"}, f"{origin} [[models]]")
+    if "name" not in table:
+        raise VitqbenchError(f"{origin}: every [[models]] needs name = TIMM_NAME")
+    return SweepModel(**table)
+
+
+def _precision(table: dict[str, Any], origin: str) -> SweepPrecision:
+    table = dict(table)
+    name = str(table.pop("name", ""))
+    bits = table.pop("bits", None)
+    if not name:
+        raise VitqbenchError(f"{origin}: every [[precisions]] needs a name")
+    if bits is None and name != FP32:
+        bits = {"int8": 8, "int4": 4}.get(name)
+        if bits is None:
+            raise VitqbenchError(f"{origin}: precision {name!r} needs bits = 8 or 4")
+    if bits is not None and bits not in (8, 4):
+        raise VitqbenchError(f"{origin}: precision {name!r}: bits must be 8 or 4 (got {bits})")
+    return SweepPrecision(name, bits, table)
+
+
+# --------------------------------------------------------------------------------------------- running
+@dataclass
+class SweepOptions:
+    out: Path
+    data_root: Path | None = None
+    cache_dir: Path | None = None
+    provider: str = "cpu"
+    threads: int | None = None
+    batch_size: int | None = None  # overrides the study's
+    pretrained: bool = True  # False: random init everywhere (offline stand-ins)
+    bench: bool | None = None  # overrides the study's
+    progress: bool = True
+
+
+def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
+    """Export and quantize what is missing, then evaluate every model file in one eval run."""
+    from vitqbench.evaluate.cache import resolve_cache_dir
+
+    models_dir = options.out / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    cache_root = resolve_cache_dir(options.cache_dir)
+    failures: list[Failure] = []
+    paths: list[Path] = []
+    labels: list[str] = []
+    baseline_of: dict[str, str] = {}
+    calib = _calib_spec(config, options, models_dir)
+    for model in config.models:
+        fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
+        try:
+            _ensure_export(model, fp32, options.pretrained, options.progress)
+        except VitqbenchError as exc:
+            failures.append(Failure(f"{model.slug}", None, "export", str(exc)))
+            continue
+        family = []
+        for precision in config.precisions:
+            label = f"{model.slug}.{precision.name}"
+            path = fp32 if precision.bits is None else models_dir / f"{label}.onnx"
+            if precision.bits is not None:
+                try:
+                    _ensure_quantized(fp32, path, precision, calib, config, cache_root, options.progress)
+                except VitqbenchError as exc:
+                    failures.append(Failure(label, None, "quantize", str(exc)))
+                    continue
+            family.append(label)
+            paths.append(path)
+            labels.append(label)
+        reference = (
+            f"{model.slug}.{FP32}" if f"{model.slug}.{FP32}" in family else family[0] if family else None
+        )
+        baseline_of.update({label: reference for label in family})
+    if not paths:
+        raise VitqbenchError(
+            "no model could be exported or quantized: " + "; ".join(f.describe() for f in failures)
+        )
+    eval_config = EvalConfig(
+        models=paths,
+        labels=labels,
+        baseline_of=baseline_of,
+        id=_resolve(config.id, options.data_root),
+        id_name=config.id_name,
+        ood={name: _resolve(ref, options.data_root) for name, ref in config.ood.items()},
+        fit=_resolve(config.fit, options.data_root) if config.fit else None,
+        scores=config.scores,
+        provider=options.provider,
+        threads=options.threads,
+        batch_size=options.batch_size or config.batch_size,
+        cache_dir=cache_root,
+        data_root=options.data_root,
+        data_roots=_roots(config, options.data_root),
+        bench=config.bench if options.bench is None else options.bench,
+        bench_options=config.bench_options,
+        seed=config.seed,
+        progress=options.progress,
+    )
+    results = run_eval(eval_config)
+    results.failures[:0] = failures
+    results.settings["sweep"] = {"name": config.name, "config": asdict(config)}
+    return results
+
+
+def _resolve(ref: DataRef, data_root: Path | None) -> str:
+    """A relative path spec is taken under ``--data-root`` when it exists there."""
+    if data_root is None:
+        return ref.spec
+    head = ref.spec.split(":")[0]
+    if not Path(head).is_absolute() and (data_root / head).exists():
+        return str(data_root / ref.spec)
+    return ref.spec
+
+
+def _roots(config: SweepConfig, data_root: Path | None) -> dict[str, Path]:
+    base = data_root or Path(".")
+    refs = {"id": config.id, "fit": config.fit, **config.ood}
+    return {name: base / ref.root for name, ref in refs.items() if ref is not None and ref.root}
+
+
+def _calib_spec(config: SweepConfig, options: SweepOptions, models_dir: Path) -> str | None:
+    """The calibration DATA for int8 (and gptq); an image list with its own root is rewritten with
+    absolute paths, since calibration reads specs without a data root."""
+    ref = config.calib or config.fit
+    if ref is None:
+        return None
+    spec = _resolve(ref, options.data_root)
+    if not ref.root:
+        return spec
+    root = (options.data_root or Path(".")) / ref.root
+    source = Path(spec)
+    if not source.is_file():
+        raise VitqbenchError(f"calibration image list {source} not found (check --data-root)")
+    lines = []
+    for line in source.read_text().splitlines():
+        name, _, rest = line.strip().partition(" ")
+        if name and not name.startswith("#"):
+            lines.append(f"{(root / name).resolve()} {rest}".rstrip())
+    target = models_dir / f"calib_{source.stem}.txt"
+    text = "\n".join(lines) + "\n"
+    if not target.is_file() or target.read_text() != text:
+        write_text_atomic(target, text)
+    return str(target)
+
+
+def _ensure_export(model: SweepModel, path: Path, pretrained: bool, progress: bool) -> None:
+    from vitqbench.export import export_model
+
+    pretrained = pretrained and model.pretrained and model.checkpoint is None
+    checkpoint = Path(model.checkpoint).expanduser() if model.checkpoint else None
+    if path.is_file() and _export_matches(path, model, pretrained, checkpoint):
+        return
+    export_model(
+        model.name,
+        path,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        model_kwargs=dict(model.kwargs),
+        seed=model.seed,
+    )
+
+
+def _export_matches(path: Path, model: SweepModel, pretrained: bool, checkpoint: Path | None) -> bool:
+    from vitqbench.metadata import read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except VitqbenchError:
+        return False
+    arch, _, tag = model.name.partition(".")
+    if meta.timm_name != arch or (tag and meta.timm_tag != tag) or meta.quantization:
+        return False
+    if _plain(meta.model_kwargs) != _plain({**meta.model_kwargs, **model.kwargs}):
+        return False
+    source = meta.source or {}
+    if checkpoint is not None:
+        return (
+            source.get("kind") == "checkpoint"
+            and checkpoint.is_file()
+            and source.get("sha256") == sha256_file(checkpoint)
+        )
+    if pretrained:
+        return source.get("kind") == "pretrained"
+    return source.get("kind") == "random" and source.get("seed") == model.seed
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def _ensure_quantized(
+    fp32: Path,
+    path: Path,
+    precision: SweepPrecision,
+    calib: str | None,
+    config: SweepConfig,
+    cache_root: Path,
+    progress: bool,
+) -> None:
+    from vitqbench.quant import CalibConfig, Int8Config, quantize_model
+
+    parent_sha = sha256_file(fp32)
+    recipe = {
+        "bits": precision.bits,
+        "options": precision.options,
+        "calib": calib,
+        "calib_size": config.calib_size,
+        "seed": config.seed,
+        "parent_sha256": parent_sha,
+    }
+    sidecar = path.with_name(path.name + ".recipe.json")
+    if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
+        return
+    calib_config = (
+        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root)
+        if calib
+        else None
+    )
+    if precision.bits == 8:
+        int8, int4 = Int8Config(**_tuple_lists(precision.options)), None
+    else:
+        from vitqbench.quant.int4 import Int4Config
+
+        int8, int4 = None, Int4Config(**precision.options).resolved(calib_config is not None)
+        int4.check()
+        if int4.algo != "gptq":
+            calib_config = None
+    try:
+        quantize_model(
+            fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress
+        )
+    except TypeError as exc:  # an option name the quantizer does not know
+        raise VitqbenchError(f"precision {precision.name!r}: {exc}") from exc
+    write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))
+
+
+def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent_sha: str) -> bool:
+    from vitqbench.metadata import read_metadata
+
+    try:
+        meta = read_metadata(path)
+        saved = json.loads(sidecar.read_text())
+    except (VitqbenchError, ValueError, OSError):
+        return False
+    q = meta.quantization or {}
+    parent = (q.get("parent") or {}).get("sha256")
+    return (
+        q.get("bits") == recipe["bits"]
+        and parent == parent_sha
+        and {k: saved.get(k) for k in recipe} == _plain(recipe)
+        and saved.get("sha256") == sha256_file(path)
+    )
+
+
+def _tuple_lists(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def finish_sweep(
+    config: SweepConfig, options: SweepOptions, save_outputs: bool = False, console: Any = None
+) -> EvalResults:
+    """Run the sweep, write the combined report, print a summary; raise if any cell failed."""
+    from vitqbench.evaluate.summary import print_summary, raise_failures
+    from vitqbench.report import write_report
+
+    results = run_sweep(config, options)
+    write_report(results, options.out, save_outputs=save_outputs)
+    if console is not None:
+        print_summary(results, console)
+        console.print(f"report: {options.out / 'report.md'}  (models in {options.out / 'models'})")
+    raise_failures(results, options.out)
+    return results

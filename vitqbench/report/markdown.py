@@ -1,0 +1,165 @@
+"""report.md: the tables a person reads first (ID accuracy, then OOD detection, each with deltas)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vitqbench.evaluate.results import LOWER_IS_BETTER, MEAN, Delta, EvalResults
+
+METRIC_TITLES = {
+    "top1": "top-1 (%)",
+    "top5": "top-5 (%)",
+    "ece": "ECE (%)",
+    "auroc": "AUROC (%)",
+    "aupr_in": "AUPR-in (%)",
+    "aupr_out": "AUPR-out (%)",
+    "fpr95": "FPR@95 (%)",
+}
+REPORT_OOD_METRICS = ("aupr_out", "auroc", "fpr95")
+
+
+def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
+    s = results.settings
+    lines = [
+        "# vitqbench evaluation report",
+        "",
+        f"ID set **{s['id']}**"
+        + (f", scores fitted on **{s['fit']}**" if s.get("fit") else "")
+        + f"; provider {s['provider']}, threads {s['threads'] or 'auto'}, batch size {s['batch_size']}; "
+        f"{s['session_policy']}.",
+        "",
+        "Deltas are against each model's baseline: absolute in percentage points, then relative. "
+        "For ECE and FPR@95 lower is better.",
+        "",
+    ]
+    if results.failures:
+        lines += ["## Failures", ""] + [f"- {f.describe()}" for f in results.failures] + [""]
+    lines += _models_table(results)
+    lines += _id_table(results)
+    for metric in REPORT_OOD_METRICS:
+        for score in results.score_names:
+            lines += _ood_table(results, metric, score)
+    if results.bench:
+        lines += _bench_table(results.bench)
+    lines += _datasets_table(results)
+    if results.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in results.warnings] + [""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    c = results.cache
+    lines += [
+        f"Cache {c['dir']}: {c['hits']} cells reused, {c['computed']} computed "
+        f"({c['samples_computed']} samples run). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in results.versions.items() if k != "platform")
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _delta(d: Delta | None) -> str:
+    if d is None:
+        return ""
+    rel = "" if d.rel is None else f", {100 * d.rel:+.1f}%"
+    return f"{100 * d.abs:+.2f}{rel}"
+
+
+def _with_delta(value: float | None, d: Delta | None) -> str:
+    text = _pct(value)
+    return f"{text} ({_delta(d)})" if d is not None else text
+
+
+def _models_table(results: EvalResults) -> list[str]:
+    rows = [
+        [
+            m.label,
+            m.precision,
+            m.display_name,
+            f"{m.size_bytes / 1e6:.1f}",
+            "(reference)" if m.baseline in (None, m.label) else m.baseline,
+            m.sha256[:12],
+        ]
+        for m in results.models
+    ]
+    return ["## Models", ""] + _table(
+        ["model", "precision", "timm model", "size (MB)", "baseline", "sha256"], rows
+    )
+
+
+def _id_table(results: EvalResults) -> list[str]:
+    if not results.id_metrics:
+        return ["## ID accuracy", "", "No ID accuracy: the ID set has no labels or no model ran on it.", ""]
+    first = results.id_metrics[0]
+    header = ["model", "precision", "top-1 (%)", "Δ top-1", "top-5 (%)", "Δ top-5", "ECE (%)", "Δ ECE"]
+    rows = []
+    for m in results.models:
+        r = results.id_metric(m.label)
+        if r is None:
+            continue
+        row = [m.label, m.precision]
+        for metric in ("top1", "top5", "ece"):
+            row += [_pct(getattr(r, metric)), _delta(results.delta(m.label, r.dataset, None, metric))]
+        rows.append(row)
+    return [f"## ID accuracy ({first.dataset}, n={first.n})", ""] + _table(header, rows)
+
+
+def _ood_table(results: EvalResults, metric: str, score: str) -> list[str]:
+    sets = [*results.ood_datasets, MEAN]
+    rows = []
+    for m in results.models:
+        cells = []
+        for name in sets:
+            r = results.ood_metric(m.label, name, score)
+            value = None if r is None else getattr(r, metric)
+            cells.append(_with_delta(value, results.delta(m.label, name, score, metric)))
+        if any(c != "–" for c in cells):
+            rows.append([m.label, m.precision, *cells])
+    if not rows:
+        return []
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    title = f"## {METRIC_TITLES[metric]} — score {score} ({better} is better)"
+    return [title, ""] + _table(["model", "precision", *sets], rows)
+
+
+def _bench_table(records: list[dict[str, Any]]) -> list[str]:
+    from vitqbench.evaluate.benching import BENCH_COLUMNS
+
+    rows = [[_fmt(r.get(k)) for k in BENCH_COLUMNS] for r in records]
+    return ["## Latency and size", ""] + _table(list(BENCH_COLUMNS), rows)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _datasets_table(results: EvalResults) -> list[str]:
+    rows = [
+        [
+            d.name,
+            d.role,
+            d.spec,
+            str(d.size),
+            str(d.num_classes or "–"),
+            "yes" if d.synthetic else "no",
+            str(len(d.skipped)),
+        ]
+        for d in results.datasets
+    ]
+    return ["## Datasets", ""] + _table(
+        ["name", "role", "spec", "images", "classes", "synthetic", "skipped"], rows
+    )
