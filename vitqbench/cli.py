@@ -202,7 +202,7 @@ def bench(
     table = rich_table(result)
     # Numbers must not be cut to fit an 80-column pipe; a wide table wraps in the terminal instead.
     wide = console.measure(table, options=console.options.update_width(1000)).maximum
-    Console(width=max(console.width, wide)).print(table)
+    Console(width=max(console.width, wide), emoji=False).print(table)
     if json_out:
         result.write_json(json_out)
     if csv_out:

@@ -122,6 +122,8 @@ def test_cli_quantize_4bit_default_algorithm_follows_the_data(run_cli, tiny_onnx
     assert run_cli("quantize", tiny_onnx, "--bits", "4", "-o", without).code == 0
     assert read_metadata(without).quantization["algorithm"] == "rtn"
     with_calib = tmp_path / "gptq.onnx"
-    result = run_cli("quantize", tiny_onnx, "--bits", "4", "--calib", image_folder, "--calib-size", "4", "-o", with_calib)
+    result = run_cli(
+        "quantize", tiny_onnx, "--bits", "4", "--calib", image_folder, "--calib-size", "4", "-o", with_calib
+    )
     assert result.code == 0, result.stderr
     assert read_metadata(with_calib).quantization["algorithm"] == "gptq"

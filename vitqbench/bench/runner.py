@@ -233,7 +233,7 @@ def run_benchmark(
     spans: list[Span] = []
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not progress, transient=True,
+        console=Console(stderr=True, emoji=False), disable=not progress, transient=True,
     )
     with bar:
         task = bar.add_task("bench", total=steps_per_batch * len(s.batches))

@@ -26,7 +26,7 @@ class CellProgress:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=Console(stderr=True, emoji=False),
             disable=not enabled,
         )
 

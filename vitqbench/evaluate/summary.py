@@ -36,7 +36,7 @@ def finish_run(
 
     results = run_eval(config)
     write_report(results, out_dir, save_outputs=save_outputs)
-    console = console or Console()
+    console = console or Console(emoji=False)
     print_summary(results, console)
     console.print(f"report: {out_dir / 'report.md'}  (results.json, results.csv, plots/)")
     raise_failures(results, out_dir)
@@ -46,7 +46,7 @@ def finish_run(
 def raise_failures(results: EvalResults, out_dir: Path) -> None:
     if results.failures:
         for failure in results.failures:
-            Console(stderr=True).print(f"failed: {failure.describe()}", markup=False, highlight=False)
+            Console(stderr=True, emoji=False).print(f"failed: {failure.describe()}", markup=False, highlight=False)
         raise VitqbenchError(
             f"{len(results.failures)} cell(s) failed (listed above and in {out_dir / 'report.md'}); "
             "the other results were written"
