@@ -237,6 +237,7 @@ def eval_(
     save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
     bench_: bool = typer.Option(False, "--bench", help="Also measure latency and size of every model."),
     seed: int = typer.Option(0, "--seed", help="Seed recorded with the results (and used by subsets)."),
+    strict: bool = typer.Option(False, "--strict", help="An unreadable image fails its dataset (default: skip)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
@@ -245,7 +246,7 @@ def eval_(
     config = EvalConfig(
         models=list(model), id=id_, ood=parse_ood_args(ood), fit=fit, scores=scores, baseline=baseline,
         provider=provider, threads=threads, batch_size=batch_size, cache_dir=cache_dir, data_root=data_root,
-        bench=bench_, seed=seed, progress=progress,
+        bench=bench_, seed=seed, strict=strict, progress=progress,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console)
 

@@ -304,6 +304,9 @@ def _model_outputs(
             results.cache["cells"][f"{label}__{name}"] = key
             cached = cache.get(key)
             if cached is not None:
+                if data.dataset.strict and cached.skipped:  # outputs cached by a lenient run
+                    index, reason = min(cached.skipped.items())
+                    raise VitqbenchError(f"unreadable image {data.dataset.paths[index]} ({reason}); --strict")
                 data.dataset.skipped_reasons.update(cached.skipped)
                 results.cache["hits"] += 1
                 progress.log(f"{label} x {name}: cached")
