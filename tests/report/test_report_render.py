@@ -86,3 +86,17 @@ def test_report_json_csv_and_plots(tmp_path):
     assert "[m.int4 x far] inference: boom" in report and "| far | ood | noise:gaussian | 40 |" in report
     for name in ("bars_auroc.png", "roc_far_msp.png", "hist_m.fp32_msp.png"):
         assert (out / "plots" / name).stat().st_size > 2000
+
+
+def test_report_names_the_weights_and_flags_random_init(tmp_path):
+    from vitqbench.report.markdown import render_report
+
+    results = make_results(tmp_path)
+    results.models[0].metadata = {"source": {"kind": "checkpoint", "path": "/x/digits.safetensors"}}
+    results.models[1].metadata = {"source": {"kind": "random", "seed": 3}}
+    report = render_report(results)
+    assert "checkpoint digits.safetensors" in report and "random (seed 3)" in report
+    assert "**Random-init weights** (m.int4)" in report
+    results.models[1].metadata = {"source": {"kind": "pretrained", "tag": "fb_in1k"}}
+    report = render_report(results)
+    assert "pretrained fb_in1k" in report and "Random-init" not in report

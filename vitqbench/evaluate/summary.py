@@ -74,6 +74,12 @@ def print_summary(results: EvalResults, console: Console) -> None:
             _pct(ood.fpr95 if ood else None),
         )
     console.print(table)
+    random = [m.label for m in results.models if (m.metadata.get("source") or {}).get("kind") == "random"]
+    if random:
+        console.print(
+            f"[yellow]random-init weights ({', '.join(random)}): their accuracy and OOD numbers say nothing "
+            "about trained models; use them for speed and size only[/]"
+        )
     c = results.cache
     console.print(
         f"cache: {c['hits']} cell(s) reused, {c['computed']} computed, {c['samples_computed']} samples run"

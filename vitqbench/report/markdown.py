@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import LOWER_IS_BETTER, MEAN, Delta, EvalResults
+from vitqbench.evaluate.results import LOWER_IS_BETTER, MEAN, Delta, EvalResults, ModelInfo
 
 METRIC_TITLES = {
     "top1": "top-1 (%)",
@@ -35,6 +35,13 @@ def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
     ]
     if results.failures:
         lines += ["## Failures", ""] + [f"- {f.describe()}" for f in results.failures] + [""]
+    random = [m.label for m in results.models if _weights(m).startswith("random")]
+    if random:
+        lines += [
+            f"> **Random-init weights** ({', '.join(random)}): their accuracy and OOD numbers say nothing about "
+            "trained models; use them for speed and size only.",
+            "",
+        ]
     lines += _models_table(results)
     lines += _id_table(results)
     for metric in REPORT_OOD_METRICS:
@@ -80,12 +87,24 @@ def _with_delta(value: float | None, d: Delta | None) -> str:
     return f"{text} ({_delta(d)})" if d is not None else text
 
 
+def _weights(model: ModelInfo) -> str:
+    """Where the weights came from: a pretrained tag, a checkpoint file or a random seed."""
+    source = model.metadata.get("source") or {}
+    kind = source.get("kind", "?")
+    if kind == "random":
+        return f"random (seed {source.get('seed')})"
+    if kind == "checkpoint":
+        return f"checkpoint {Path(str(source.get('path', '?'))).name}"
+    return f"pretrained {source.get('tag') or ''}".strip()
+
+
 def _models_table(results: EvalResults) -> list[str]:
     rows = [
         [
             m.label,
             m.precision,
             m.display_name,
+            _weights(m),
             f"{m.size_bytes / 1e6:.1f}",
             "(reference)" if m.baseline in (None, m.label) else m.baseline,
             m.sha256[:12],
@@ -93,7 +112,7 @@ def _models_table(results: EvalResults) -> list[str]:
         for m in results.models
     ]
     return ["## Models", ""] + _table(
-        ["model", "precision", "timm model", "size (MB)", "baseline", "sha256"], rows
+        ["model", "precision", "timm model", "weights", "size (MB)", "baseline", "sha256"], rows
     )
 
 
