@@ -77,7 +77,7 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
     by_key = {(r["model"], r["dataset"], r["score"]): r for r in rows}
     for m in doc["ood_metrics"]:
         row = by_key[(m["model"], m["dataset"], m["score"])]
-        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_ood_positive"):
             assert float(row[metric]) == m[metric]
     for m in doc["id_metrics"]:
         row = by_key[(m["model"], ID, "")]
@@ -96,6 +96,8 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
                 m = ood_metrics(id_npz[f"score_{score}"], ood_npz[f"score_{score}"])
                 assert m.auroc == pytest.approx(float(by_key[(label, name, score)]["auroc"]), abs=1e-12)
                 assert m.fpr95 == pytest.approx(float(by_key[(label, name, score)]["fpr95"]), abs=1e-12)
+                row = by_key[(label, name, score)]
+                assert m.fpr95_ood_positive == pytest.approx(float(row["fpr95_ood_positive"]), abs=1e-12)
         mean = by_key[(label, "mean", "energy")]
         per_set = [float(by_key[(label, name, "energy")]["aupr_out"]) for name in OOD]
         assert float(mean["aupr_out"]) == pytest.approx(np.mean(per_set))

@@ -435,6 +435,7 @@ def _score_model(
                     aupr_out=float(m.aupr_out),
                     fpr95=float(m.fpr95),
                     n_nonfinite=int(getattr(m, "n_nonfinite", 0)),
+                    fpr95_ood_positive=float(m.fpr95_ood_positive),
                 )
             )
         results.ood_metrics.extend(rows)
