@@ -18,8 +18,9 @@ from rich.console import Console
 
 from vitqbench.data.builtin import fashion_mnist_dir
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate import EvalConfig, EvalResults, default_cache_dir, finish_run
+from vitqbench.evaluate import EvalConfig, EvalResults, finish_run
 from vitqbench.export import export_model
+from vitqbench.files import default_cache_dir
 from vitqbench.quant import quantize_model
 from vitqbench.quant.calibration import CalibConfig
 from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model

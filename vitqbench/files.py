@@ -11,6 +11,14 @@ from pathlib import Path
 
 from vitqbench.errors import VitqbenchError
 
+CACHE_ENV = "VITQBENCH_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """The cache root shared by every part (decoded images, model outputs, score state, demo checkpoints)."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitqbench"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:

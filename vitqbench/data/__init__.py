@@ -19,7 +19,7 @@ Examples: ``digits:test:0-5``, ``fashion-mnist:train:n=2000``, ``/data/imagenet/
 from vitqbench.data.dataset import Dataset, check_labels
 from vitqbench.data.preprocess import Geometry, Normalization, normalize, prepare_image
 from vitqbench.data.spec import load_dataset
-from vitqbench.data.stream import Batch, decoded_images, default_cache_dir, iter_batches
+from vitqbench.data.stream import Batch, decoded_images, iter_batches
 
 __all__ = [
     "Batch",
@@ -27,7 +27,6 @@ __all__ = [
     "Geometry",
     "check_labels",
     "decoded_images",
-    "default_cache_dir",
     "iter_batches",
     "load_dataset",
     "Normalization",

@@ -39,7 +39,7 @@ from vitqbench.data.builtin import noise_image
 from vitqbench.data.dataset import Dataset
 from vitqbench.data.preprocess import Geometry, Normalization, normalize, prepare_image
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import atomic_path, write_text_atomic
+from vitqbench.files import atomic_path, default_cache_dir, write_text_atomic
 from vitqbench.metadata import DataConfig
 
 log = logging.getLogger("vitqbench.data")
@@ -53,10 +53,6 @@ class Batch:
     images: np.ndarray  # float32 [B, C, H, W], normalized like timm's eval transform
     labels: np.ndarray | None  # int64 [B]
     indices: np.ndarray  # int64 [B], positions in the dataset
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VITQBENCH_CACHE") or Path.home() / ".cache" / "vitqbench")
 
 
 def default_workers() -> int:

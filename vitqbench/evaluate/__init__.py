@@ -1,17 +1,15 @@
 """The model x dataset evaluation matrix: cached model outputs, OOD scores, metrics and deltas."""
 
-from vitqbench.evaluate.cache import CACHE_ENV, OutputCache, Outputs, default_cache_dir
+from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.evaluate.results import EvalResults
 from vitqbench.evaluate.run import EvalConfig, run_eval
 from vitqbench.evaluate.summary import finish_run, parse_ood_args, print_summary
 
 __all__ = [
-    "CACHE_ENV",
     "EvalConfig",
     "EvalResults",
     "OutputCache",
     "Outputs",
-    "default_cache_dir",
     "finish_run",
     "parse_ood_args",
     "print_summary",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +17,7 @@ from typing import Any
 import numpy as np
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import atomic_path
-
-CACHE_ENV = "VITQBENCH_CACHE"
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitqbench"
+from vitqbench.files import atomic_path, default_cache_dir
 
 
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
@@ -163,10 +155,8 @@ def score_state_key(model_sha256: str, fit_key: str, score: str, params: dict[st
 
 
 __all__ = [
-    "CACHE_ENV",
     "OutputCache",
     "Outputs",
-    "default_cache_dir",
     "outputs_key",
     "resolve_cache_dir",
     "score_state_key",
