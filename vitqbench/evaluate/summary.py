@@ -45,8 +45,9 @@ def finish_run(
 
 def raise_failures(results: EvalResults, out_dir: Path) -> None:
     if results.failures:
+        errors = Console(stderr=True, emoji=False, soft_wrap=True)
         for failure in results.failures:
-            Console(stderr=True, emoji=False).print(f"failed: {failure.describe()}", markup=False, highlight=False)
+            errors.print(f"failed: {failure.describe()}", markup=False, highlight=False)
         raise VitqbenchError(
             f"{len(results.failures)} cell(s) failed (listed above and in {out_dir / 'report.md'}); "
             "the other results were written"
