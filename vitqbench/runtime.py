@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import psutil
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -67,5 +67,4 @@ def create_session(
             str(path), sess_options=session_options(threads, allow_spinning), providers=providers
         )
     except Exception as exc:  # ORT raises its own exception classes with multi-line messages
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VitqbenchError(f"ONNX Runtime cannot load {path}: {first_line}") from exc
+        raise VitqbenchError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from vitqbench.bench.memory import GpuMemoryProbe, peak_rss_mb
+from vitqbench.errors import first_line
 
 Runner = Callable[[], None]
 _RUNTIME_MODULES = {"onnx": ("onnxruntime", "vitqbench.runtime"), "torch": ("torch", "timm")}
@@ -146,11 +147,6 @@ class Worker:
             self.gpu.sample()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def serve(requests: TextIO, replies: TextIO) -> None:
     worker = Worker()
     for line in requests:
@@ -158,7 +154,7 @@ def serve(requests: TextIO, replies: TextIO) -> None:
         try:
             reply = {"ok": True, **worker.handle(req)}
         except Exception as exc:  # report any model or runtime failure to the parent as one line
-            reply = {"ok": False, "error": _one_line(exc)}
+            reply = {"ok": False, "error": first_line(exc)}
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
         if req["op"] == "finish" or not reply["ok"]:

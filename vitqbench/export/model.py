@@ -16,7 +16,7 @@ import torch
 from timm.data import resolve_model_data_config
 from timm.models import is_model, split_model_name_tag
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.files import sha256_file
 from vitqbench.metadata import DataConfig
 
@@ -72,7 +72,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise VitqbenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -114,7 +114,7 @@ def read_checkpoint_description(path: Path) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except Exception as exc:
-        raise VitqbenchError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+        raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
     text = header.get(CHECKPOINT_METADATA_KEY)
     return json.loads(text) if text else None
 
@@ -159,7 +159,7 @@ def build_model(
         raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
     except Exception as exc:
         if not use_pretrained:
-            raise VitqbenchError(f"cannot build {arch} with {kwargs}: {str(exc).splitlines()[0]}") from exc
+            raise VitqbenchError(f"cannot build {arch} with {kwargs}: {first_line(exc)}") from exc
         raise VitqbenchError(
             f"cannot load pretrained weights for {model} (offline or not published: "
             f"{type(exc).__name__}); use --checkpoint PATH for local weights or --no-pretrained"

@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
 from vitqbench.files import atomic_path
@@ -181,7 +181,7 @@ def export_model(
     except VitqbenchError:
         raise
     except Exception as exc:
-        raise VitqbenchError(f"ONNX export of {built.timm_name} failed: {str(exc).splitlines()[0]}") from exc
+        raise VitqbenchError(f"ONNX export of {built.timm_name} failed: {first_line(exc)}") from exc
     feature_dim = int(getattr(net, "num_features", 0) or wrapper(example)[1].shape[1])
     meta = ModelMetadata(
         timm_name=built.timm_name,

@@ -26,7 +26,7 @@ from onnxruntime.quantization import (
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.metadata import ModelMetadata, attach_head
 from vitqbench.quant.calibration import BatchReader, CalibrationSet
 
@@ -249,8 +249,7 @@ def _one_line_errors(step: str) -> Any:
     except VitqbenchError:  # e.g. an unreadable calibration image, already one line
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VitqbenchError(f"ONNX Runtime's {step} failed: {first}") from exc
+        raise VitqbenchError(f"ONNX Runtime's {step} failed: {first_line(exc)}") from exc
 
 
 @contextlib.contextmanager
