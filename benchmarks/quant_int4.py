@@ -5,6 +5,9 @@ Two studies, side by side in one run each (CPU, shared machines: compare ratios,
 * ``speed``: random-init deit_small_patch16_224: file size, quantization time, batch-1 latency at
   2 threads for fp32, ours at accuracy levels 0 and 4 (block sizes 32/64/128), the qdq file (fused by
   ORT) and ORT's quantizer. One session alive at a time, models interleaved over rounds.
+* ``kernels``: why the ``speed`` ratios are what they are. Each Linear shape of one transformer block
+  (deit_small at batch 1: 197 tokens, width 384, MLP 1536) as a one-layer model, fp32 MatMul+Add
+  against our MatMulNBits (the bias folded in) at each block size and accuracy level.
 * ``fidelity``: a small ViT trained on Fashion-MNIST (``train`` makes one with vitqbench.train):
   top-1 agreement, relative L2 error of logits and features and accuracy on the held-out test split,
   for rtn/mse/gptq x block sizes x sym/asym, and ORT's quantizer at the same block sizes.
@@ -12,6 +15,7 @@ Two studies, side by side in one run each (CPU, shared machines: compare ratios,
     python benchmarks/quant_int4.py train          # once: /tmp/vitqbench_bench/fmnist_vit.onnx
     python benchmarks/quant_int4.py fidelity
     python benchmarks/quant_int4.py speed
+    python benchmarks/quant_int4.py kernels
 """
 
 from __future__ import annotations
@@ -236,6 +240,58 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{label:36s} {median:8.1f} {median / base:7.3f} {median_cpu:8.1f} {median_cpu / base_cpu:7.3f}")
 
 
+# ------------------------------------------------------------------------------------------------- kernels
+def linear_model(k: int, n: int, tokens: int, seed: int) -> onnx.ModelProto:
+    """One Linear layer as an ONNX model: y = x @ W + b, x [1, tokens, k]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(rng.standard_normal(n).astype(np.float32) * 0.01, "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        f"linear_{k}x{n}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, tokens, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, tokens, n])],
+        [weight, bias],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def kernels(args: argparse.Namespace) -> None:
+    shapes = {
+        "qkv": (args.dim, 3 * args.dim),
+        "proj": (args.dim, args.dim),
+        "fc1": (args.dim, args.mlp_ratio * args.dim),
+        "fc2": (args.mlp_ratio * args.dim, args.dim),
+    }
+    variants = [(bs, level) for level in (0, 4) for bs in args.block_sizes]
+    out_dir = WORK / "kernels"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    totals = {"fp32": 0.0} | {v: 0.0 for v in variants}
+    print(f"median ms per run, {args.tokens} tokens, {args.threads} threads, spinning off; x fp32 in brackets")
+    print(f"{'layer':6s} {'K x N':>10s} {'fp32':>7s} " + " ".join(f"{f'bs{bs} L{lv}':>16s}" for bs, lv in variants))
+    for index, (layer, (k, n)) in enumerate(shapes.items()):
+        fp32 = linear_model(k, n, args.tokens, seed=index)
+        paths = {"fp32": save(fp32, out_dir / f"{layer}_fp32.onnx")}
+        for bs, level in variants:
+            config = Int4Config(algo="rtn", block_size=bs, accuracy_level=level, progress=False)
+            paths[(bs, level)] = save(quantize_int4(fp32, config)[0], out_dir / f"{layer}_bs{bs}_L{level}.onnx")
+        x = rng.standard_normal((1, args.tokens, k)).astype(np.float32)
+        times: dict = {key: [] for key in paths}
+        for _ in range(args.rounds):
+            for key, path in paths.items():
+                times[key] += latency_ms(path, x, args.threads, args.warmup, args.iters)[0]
+        medians = {key: statistics.median(v) for key, v in times.items()}
+        for key, value in medians.items():
+            totals[key] += value
+        cells = " ".join(f"{medians[v]:8.3f} [{medians[v] / medians['fp32']:.2f}]" for v in variants)
+        print(f"{layer:6s} {f'{k}x{n}':>10s} {medians['fp32']:7.3f} {cells}", flush=True)
+    cells = " ".join(f"{totals[v]:8.3f} [{totals[v] / totals['fp32']:.2f}]" for v in variants)
+    print(f"{'block':6s} {'':>10s} {totals['fp32']:7.3f} {cells}")
+
+
 def main() -> None:
     logging.getLogger().setLevel(logging.WARNING)  # importing ORT's quantizer sets the root logger to INFO
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,8 +312,17 @@ def main() -> None:
     spd.add_argument("--iters", type=int, default=30)
     spd.add_argument("--warmup", type=int, default=5)
     spd.add_argument("--gptq-images", type=int, default=64, help="noise images for timing gptq (0: skip)")
+    ker = sub.add_parser("kernels")
+    ker.add_argument("--tokens", type=int, default=197)
+    ker.add_argument("--dim", type=int, default=384)
+    ker.add_argument("--mlp-ratio", type=int, default=4)
+    ker.add_argument("--block-sizes", type=int, nargs="+", default=[32, 128])
+    ker.add_argument("--threads", type=int, default=2)
+    ker.add_argument("--rounds", type=int, default=3)
+    ker.add_argument("--iters", type=int, default=100)
+    ker.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args()
-    {"fidelity": fidelity, "train": train, "speed": speed}[args.study](args)
+    {"fidelity": fidelity, "train": train, "speed": speed, "kernels": kernels}[args.study](args)
 
 
 if __name__ == "__main__":
