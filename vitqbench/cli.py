@@ -56,8 +56,9 @@ def parse_floats(text: str | None, option: str) -> list[float] | None:
 @app.command()
 def export(
     model: str = typer.Argument(
-        ..., help="timm model name, optionally with a pretrained tag (deit_small_patch16_224.fb_in1k), "
-        "or a checkpoint written by `vitqbench train`."
+        ...,
+        help="timm model name, optionally with a pretrained tag (deit_small_patch16_224.fb_in1k), "
+        "or a checkpoint written by `vitqbench train`.",
     ),
     out: Path = typer.Option(..., "-o", "--out", help="Output ONNX file."),
     checkpoint: Path | None = typer.Option(
@@ -115,6 +116,7 @@ def quantize(
         None, "--calib", help="Calibration DATA: image folder, image-list file or built-in set (8-bit, gptq)."
     ),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where a calibration image list's paths start."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="8-bit: minmax|entropy|percentile."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="8-bit: weight scales."),
@@ -123,7 +125,8 @@ def quantize(
         False, "--symmetric-activations", help="8-bit: symmetric activation ranges."
     ),
     exclude: list[str] = typer.Option(
-        None, "--exclude",
+        None,
+        "--exclude",
         help="8-bit: keep in float (repeatable): head, patch_embed, attention, post_gelu, an op type "
         "(Softmax) or a node-name glob. Default: nothing (measured best).",
     ),
@@ -153,7 +156,9 @@ def quantize(
     if bits == 4 and exclude:
         raise VitqbenchError("--exclude applies to --bits 8 only (4-bit: --keep-head)")
     int8 = Int8Config(
-        calib_method=calib_method, per_channel=per_channel, activation_type=activation_type,
+        calib_method=calib_method,
+        per_channel=per_channel,
+        activation_type=activation_type,
         symmetric_activations=symmetric_activations,
         exclude=tuple(exclude) if exclude else DEFAULT_EXCLUDE,
     )
@@ -162,7 +167,7 @@ def quantize(
         from vitqbench.quant.int4 import Int4Config
 
         int4 = Int4Config(**dict(four_bit.values()))
-    calib_config = CalibConfig(data=calib, size=calib_size, seed=seed) if calib else None
+    calib_config = CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root) if calib else None
     meta = quantize_model(model, out, bits, int8=int8, int4=int4, calib=calib_config)
     record = meta.quantization or {}
     console.print(
@@ -195,8 +200,16 @@ def bench(
     from vitqbench.bench.runner import BenchSettings, parse_batches, run_benchmark
 
     settings = BenchSettings(
-        provider=provider, threads=threads, batches=parse_batches(batch), warmup=warmup, iters=iters,
-        seconds=seconds, rounds=rounds, torch_baseline=torch_baseline, io_binding=io_binding, seed=seed,
+        provider=provider,
+        threads=threads,
+        batches=parse_batches(batch),
+        warmup=warmup,
+        iters=iters,
+        seconds=seconds,
+        rounds=rounds,
+        torch_baseline=torch_baseline,
+        io_binding=io_binding,
+        seed=seed,
     )
     result = run_benchmark(models, settings)
     table = rich_table(result)
@@ -244,9 +257,21 @@ def eval_(
     from vitqbench.evaluate import EvalConfig, finish_run, parse_ood_args
 
     config = EvalConfig(
-        models=list(model), id=id_, ood=parse_ood_args(ood), fit=fit, scores=scores, baseline=baseline,
-        provider=provider, threads=threads, batch_size=batch_size, cache_dir=cache_dir, data_root=data_root,
-        bench=bench_, seed=seed, strict=strict, progress=progress,
+        models=list(model),
+        id=id_,
+        ood=parse_ood_args(ood),
+        fit=fit,
+        scores=scores,
+        baseline=baseline,
+        provider=provider,
+        threads=threads,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        data_root=data_root,
+        bench=bench_,
+        seed=seed,
+        strict=strict,
+        progress=progress,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console)
 
@@ -282,8 +307,15 @@ def sweep(
         raise VitqbenchError("give --out DIR")
     study = load_sweep_config(config, preset)
     options = SweepOptions(
-        out=out, data_root=data_root, cache_dir=cache_dir, provider=provider, threads=threads,
-        batch_size=batch_size, pretrained=pretrained, bench=bench_, progress=progress,
+        out=out,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        provider=provider,
+        threads=threads,
+        batch_size=batch_size,
+        pretrained=pretrained,
+        bench=bench_,
+        progress=progress,
     )
     finish_sweep(study, options, save_outputs=save_outputs, console=console)
 

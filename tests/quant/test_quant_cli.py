@@ -127,3 +127,22 @@ def test_cli_quantize_4bit_default_algorithm_follows_the_data(run_cli, tiny_onnx
     )
     assert result.code == 0, result.stderr
     assert read_metadata(with_calib).quantization["algorithm"] == "gptq"
+
+
+def test_cli_quantize_calibrates_from_an_image_list_under_data_root(run_cli, tiny_onnx, image_folder, tmp_path):
+    """OpenOOD-style lists name images relative to a data root, not to the list's own folder."""
+    listing = tmp_path / "lists" / "calib.txt"
+    listing.parent.mkdir()
+    listing.write_text("".join(f"{label}/{i}.png {n}\n" for n, label in enumerate("ab") for i in range(3)))
+    out = tmp_path / "tiny.int8.onnx"
+    args = ("quantize", tiny_onnx, "--bits", "8", "--calib", listing, "--calib-size", "6", "-o", out)
+
+    result = run_cli(*args, "--data-root", image_folder)
+    assert result.code == 0, result.stderr
+    calibration = read_metadata(out).quantization["calibration"]
+    assert calibration["data_root"] == str(image_folder) and calibration["size"] == 6
+
+    out.unlink()
+    missing = run_cli(*args)  # without the root the paths resolve under lists/, where nothing is
+    assert missing.code != 0 and not out.exists()
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr

@@ -142,9 +142,7 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
 def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise VitqbenchError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
-        )
+        raise VitqbenchError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _ref(value: Any, origin: str) -> DataRef:
@@ -202,7 +200,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     paths: list[Path] = []
     labels: list[str] = []
     baseline_of: dict[str, str] = {}
-    calib = _calib_spec(config, options, models_dir)
+    calib, calib_root = _calib_source(config, options)
     for model in config.models:
         fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
         try:
@@ -216,21 +214,17 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             path = fp32 if precision.bits is None else models_dir / f"{label}.onnx"
             if precision.bits is not None:
                 try:
-                    _ensure_quantized(fp32, path, precision, calib, config, cache_root, options.progress)
+                    _ensure_quantized(fp32, path, precision, calib, calib_root, config, cache_root, options.progress)
                 except VitqbenchError as exc:
                     failures.append(Failure(label, None, "quantize", str(exc)))
                     continue
             family.append(label)
             paths.append(path)
             labels.append(label)
-        reference = (
-            f"{model.slug}.{FP32}" if f"{model.slug}.{FP32}" in family else family[0] if family else None
-        )
+        reference = f"{model.slug}.{FP32}" if f"{model.slug}.{FP32}" in family else family[0] if family else None
         baseline_of.update({label: reference for label in family})
     if not paths:
-        raise VitqbenchError(
-            "no model could be exported or quantized: " + "; ".join(f.describe() for f in failures)
-        )
+        raise VitqbenchError("no model could be exported or quantized: " + "; ".join(f.describe() for f in failures))
     eval_config = EvalConfig(
         models=paths,
         labels=labels,
@@ -273,29 +267,13 @@ def _roots(config: SweepConfig, data_root: Path | None) -> dict[str, Path]:
     return {name: base / ref.root for name, ref in refs.items() if ref is not None and ref.root}
 
 
-def _calib_spec(config: SweepConfig, options: SweepOptions, models_dir: Path) -> str | None:
-    """The calibration DATA for int8 (and gptq); an image list with its own root is rewritten with
-    absolute paths, since calibration reads specs without a data root."""
+def _calib_source(config: SweepConfig, options: SweepOptions) -> tuple[str | None, Path | None]:
+    """The calibration DATA for int8 (and gptq) and, for an image list, where its paths start."""
     ref = config.calib or config.fit
     if ref is None:
-        return None
-    spec = _resolve(ref, options.data_root)
-    if not ref.root:
-        return spec
-    root = (options.data_root or Path(".")) / ref.root
-    source = Path(spec)
-    if not source.is_file():
-        raise VitqbenchError(f"calibration image list {source} not found (check --data-root)")
-    lines = []
-    for line in source.read_text().splitlines():
-        name, _, rest = line.strip().partition(" ")
-        if name and not name.startswith("#"):
-            lines.append(f"{(root / name).resolve()} {rest}".rstrip())
-    target = models_dir / f"calib_{source.stem}.txt"
-    text = "\n".join(lines) + "\n"
-    if not target.is_file() or target.read_text() != text:
-        write_text_atomic(target, text)
-    return str(target)
+        return None, None
+    root = (options.data_root or Path(".")) / ref.root if ref.root else None
+    return _resolve(ref, options.data_root), root
 
 
 def _ensure_export(model: SweepModel, path: Path, pretrained: bool, progress: bool) -> None:
@@ -348,6 +326,7 @@ def _ensure_quantized(
     path: Path,
     precision: SweepPrecision,
     calib: str | None,
+    calib_root: Path | None,
     config: SweepConfig,
     cache_root: Path,
     progress: bool,
@@ -359,6 +338,7 @@ def _ensure_quantized(
         "bits": precision.bits,
         "options": precision.options,
         "calib": calib,
+        "calib_root": str(calib_root.resolve()) if calib_root else None,
         "calib_size": config.calib_size,
         "seed": config.seed,
         "parent_sha256": parent_sha,
@@ -367,7 +347,7 @@ def _ensure_quantized(
     if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
         return
     calib_config = (
-        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root)
+        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root, data_root=calib_root)
         if calib
         else None
     )
@@ -381,9 +361,7 @@ def _ensure_quantized(
         if int4.algo != "gptq":
             calib_config = None
     try:
-        quantize_model(
-            fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress
-        )
+        quantize_model(fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress)
     except TypeError as exc:  # an option name the quantizer does not know
         raise VitqbenchError(f"precision {precision.name!r}: {exc}") from exc
     write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))

@@ -29,6 +29,7 @@ class CalibConfig:
     # with batches of 4 and 7.8 GB with 16 (measured), whatever the number of images.
     batch_size: int = 4
     cache_dir: Path | None = None
+    data_root: Path | None = None  # where an image list's relative paths start (default: the list's folder)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class CalibrationSet:
         """What goes into the quantization record: enough to rebuild the same subset."""
         return {
             "data": self.config.data,
+            "data_root": str(self.config.data_root) if self.config.data_root else None,
             "dataset": getattr(self.dataset, "name", None),
             "dataset_key": getattr(self.dataset, "key", None),
             "available": len(self.dataset),
@@ -85,7 +87,7 @@ def calibration_set(config: CalibConfig, data_config: DataConfig, progress: bool
         raise VitqbenchError(f"calibration batch size must be at least 1 (got {config.batch_size})")
     from vitqbench.data import load_dataset
 
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, data_root=config.data_root)
     found = len(dataset)
     if found == 0:
         raise VitqbenchError(f"calibration set {config.data!r} holds no images")
