@@ -34,7 +34,7 @@ class Mahalanobis(Score):
     name = "mahalanobis"
     uses_features = True
     needs_labels = True
-    state = ("means_", "precision_")
+    state = ("means_", "whitening_")
     feature_dtype = None
 
     def _fit(self, *, features, labels, logits, head) -> None:
@@ -46,13 +46,14 @@ class Mahalanobis(Score):
         covariance = centered.T @ centered / len(centered)
         # pinv, as scikit-learn's EmpiricalCovariance: a rank-deficient covariance (fewer samples
         # than dimensions, dead features) still gives a usable precision.
-        self.precision_ = np.linalg.pinv(covariance, hermitian=True)
+        precision = np.linalg.pinv(covariance, hermitian=True)
+        # d_c(x) = |xL - mu_c L|^2 with P = L L^T: scoring whitens once instead of forming [N, C, D].
+        values, vectors = np.linalg.eigh(precision)
+        self.whitening_ = vectors * np.sqrt(np.clip(values, 0.0, None))
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         self.check_dim(x, self.means_.shape[1])
-        # Whiten once: d_c(x) = |Lx - L mu_c|^2 with P = L^T L; expanded so no [N, C, D] array exists.
-        values, vectors = np.linalg.eigh(self.precision_)
-        whiten = vectors * np.sqrt(np.clip(values, 0.0, None))
+        whiten = self.whitening_
         means = self.means_ @ whiten
         means_sq = np.sum(means**2, axis=1)
         out = np.empty(len(x))
