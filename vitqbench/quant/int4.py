@@ -45,7 +45,8 @@ class Int4Config:
     """Options of the 4-bit pass. Defaults come from benchmarks/quant_int4.py (see the README): on a
     ViT trained on Fashion-MNIST, gptq with act-order had 3-4x lower logit error than round to nearest
     at every block size and the mse clipping search did not lower output error; on deit_small, block
-    128 at accuracy level 4 was the only setting no slower than fp32 (and the smallest file)."""
+    128 at accuracy level 4 was the fastest setting (at parity with fp32 layer by layer, 1.05-1.08x
+    on the whole model; `benchmarks/quant_int4.py kernels`) and the smallest file."""
 
     block_size: int = 128
     algo: str | None = None  # None: gptq when calibration images are given, else rtn (data-free)
