@@ -117,7 +117,7 @@ def quantize(
     ),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where a calibration image list's paths start."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset (and of n=/noise in --calib)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="8-bit: minmax|entropy|percentile."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="8-bit: weight scales."),
     activation_type: str = typer.Option("uint8", "--activation-type", help="8-bit: uint8|int8 activations."),
@@ -249,7 +249,7 @@ def eval_(
     ),
     save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
     bench_: bool = typer.Option(False, "--bench", help="Also measure latency and size of every model."),
-    seed: int = typer.Option(0, "--seed", help="Seed recorded with the results (and used by subsets)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of n= subsets and noise that name no seed= (recorded)."),
     strict: bool = typer.Option(False, "--strict", help="An unreadable image fails its dataset (default: skip)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

@@ -102,3 +102,12 @@ def test_fashion_mnist_missing_dir_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("VITQBENCH_FASHION_MNIST", str(tmp_path))
     with pytest.raises(VitqbenchError, match="t10k-images-idx3-ubyte.*VITQBENCH_FASHION_MNIST"):
         load_dataset("fashion-mnist")
+
+
+def test_the_callers_seed_draws_subsets_unless_the_spec_names_one():
+    default, seeded = load_dataset("digits:n=50"), load_dataset("digits:n=50", seed=3)
+    assert default.paths == load_dataset("digits:n=50:seed=0", seed=3).paths  # the spec's own seed wins
+    assert seeded.paths == load_dataset("digits:n=50:seed=3").paths != default.paths
+    assert seeded.key != default.key
+    noise = (load_dataset("noise:gaussian:n=2", seed=s) for s in (0, 1))
+    assert len({d.key for d in noise}) == 2

@@ -5,9 +5,9 @@ SOURCE is a folder, an image-list file, or a built-in name (``digits``, ``fashio
 
 - ``train`` / ``test``: the split of a built-in set that has one (digits, fashion-mnist);
 - ``0-5``, ``0,2,4``, ``1-3,7``: keep these classes; labels keep their original index;
-- ``n=2000``: a random subset of that size, drawn with ``seed`` (default 0), kept in dataset order;
+- ``n=2000``: a random subset of that size, drawn with ``seed``, kept in dataset order;
   for ``noise:*`` it is the number of images to generate;
-- ``seed=1``: the seed of ``n=`` (and of the noise).
+- ``seed=1``: the seed of ``n=`` (and of the noise); without it, the caller's seed (``--seed``, default 0).
 
 Examples: ``digits:test:0-5``, ``fashion-mnist:train:n=2000``, ``~/imagenet/val:n=5000:seed=1``,
 ``noise:uniform:n=500``. Built-in names win over a folder of the same name (write ``./digits`` for
@@ -57,8 +57,8 @@ def _is_option(text: str) -> bool:
     return text in SPLITS or bool(_CLASSES.match(text) or _NUMBER.match(text))
 
 
-def parse_options(parts: list[str], spec: str) -> Options:
-    opts = Options()
+def parse_options(parts: list[str], spec: str, seed: int = 0) -> Options:
+    opts = Options(seed=seed)
     for part in parts:
         if part in SPLITS:
             opts.split = part
@@ -91,17 +91,17 @@ def _split_path_spec(spec: str) -> tuple[Path, list[str]]:
     raise VitqbenchError(f"no such file or directory: {spec} (built-in datasets: {BUILTIN_SPECS})")
 
 
-def _load_builtin(name: str, parts: list[str], spec: str) -> tuple[Dataset, Options]:
+def _load_builtin(name: str, parts: list[str], spec: str, seed: int) -> tuple[Dataset, Options]:
     if name == "noise":
         if not parts or parts[0] not in builtin.NOISE_KINDS:
             raise VitqbenchError(f"say which noise in {spec!r}: noise:gaussian or noise:uniform")
-        opts = parse_options(parts[1:], spec)
+        opts = parse_options(parts[1:], spec, seed)
         if opts.split or opts.classes:
             raise VitqbenchError(f"noise sets have no splits or classes ({spec!r})")
         dataset = builtin.noise(spec, parts[0], opts.n, opts.seed)
         opts.n = None  # consumed: it was the number of images generated
         return dataset, opts
-    opts = parse_options(parts, spec)
+    opts = parse_options(parts, spec, seed)
     if opts.split and name not in ("digits", "fashion-mnist"):
         raise VitqbenchError(f"{name} has no train/test split ({spec!r})")
     if name == "digits":
@@ -129,21 +129,22 @@ def _select(dataset: Dataset, opts: Options, spec: str) -> Dataset:
     return dataset.subset(indices, spec)
 
 
-def load_dataset(spec: str, data_root: Path | None = None, strict: bool = False) -> Dataset:
+def load_dataset(spec: str, data_root: Path | None = None, strict: bool = False, seed: int = 0) -> Dataset:
     """Parse a DATA spec (see the module docstring) into a ``Dataset``; bad specs raise one clear line.
 
     ``data_root`` is where an image list's relative paths start (default: the list's folder).
     ``strict`` makes an unreadable image fatal when decoding instead of skipping it.
+    ``seed`` draws ``n=`` subsets and noise when the spec names no ``seed=`` of its own.
     """
     spec = str(spec).strip()
     if not spec:
         raise VitqbenchError("empty dataset name")
     name, *parts = spec.split(":")
     if name in BUILTINS:
-        dataset, opts = _load_builtin(name, parts, spec)
+        dataset, opts = _load_builtin(name, parts, spec, seed)
     else:
         path, options = _split_path_spec(spec)
-        opts = parse_options(options, spec)
+        opts = parse_options(options, spec, seed)
         if opts.split:
             raise VitqbenchError(f"train/test applies to built-in sets only ({spec!r})")
         if path.is_dir():

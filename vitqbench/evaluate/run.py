@@ -250,7 +250,7 @@ def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool)
     for spec, role, name in wanted:
         root = config.data_roots.get(role if role != "ood" else name, config.data_root)
         try:
-            ds = load_dataset(spec, data_root=root, strict=config.strict)
+            ds = load_dataset(spec, data_root=root, strict=config.strict, seed=config.seed)
             if len(ds) == 0:
                 raise VitqbenchError(f"{spec} holds no images")
         except VitqbenchError as exc:

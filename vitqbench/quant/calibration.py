@@ -87,7 +87,7 @@ def calibration_set(config: CalibConfig, data_config: DataConfig, progress: bool
         raise VitqbenchError(f"calibration batch size must be at least 1 (got {config.batch_size})")
     from vitqbench.data import load_dataset
 
-    dataset = load_dataset(config.data, data_root=config.data_root)
+    dataset = load_dataset(config.data, data_root=config.data_root, seed=config.seed)
     found = len(dataset)
     if found == 0:
         raise VitqbenchError(f"calibration set {config.data!r} holds no images")
