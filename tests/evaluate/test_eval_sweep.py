@@ -143,3 +143,15 @@ def test_missing_data_root_lists_fail_as_cells(tmp_path):
     assert _resolve(config.id, tmp_path) == str(tmp_path / config.id.spec)
     assert _roots(config, tmp_path)["textures"] == tmp_path / "images_classic"
     assert Path(_roots(config, tmp_path)["id"]).name == "images_largescale"
+
+
+def test_fp32_is_always_evaluated_as_the_baseline():
+    """Without it, int4's deltas would silently be against int8."""
+    doc = {
+        "models": [{"name": "deit_tiny_patch16_224"}],
+        "precisions": [{"name": "int8"}, {"name": "int4"}],
+        "data": {"id": "digits:test"},
+    }
+    assert [p.name for p in parse_sweep(doc).precisions] == ["fp32", "int8", "int4"]
+    doc["precisions"] = [{"name": "int8"}, {"name": "fp32"}]
+    assert [p.name for p in parse_sweep(doc).precisions] == ["int8", "fp32"]

@@ -4,7 +4,7 @@ Every cell is export (timm -> ONNX), quantize, eval and optionally bench; a mode
 already exists with matching metadata (and, for quantized files, the same recipe and parent) is
 reused, and eval's cache does the rest, so a re-run or an interrupted run recomputes only what
 is new. One combined report covers every cell; each quantized model's deltas are against the
-full-precision model of its own family.
+full-precision model of its own family, which is evaluated even when [[precisions]] omits it.
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
     for what, names in (("model", [m.slug for m in models]), ("precision", [p.name for p in precisions])):
         if len(set(names)) != len(names):
             raise VitqbenchError(f"{origin}: a {what} is listed twice")
+    if all(p.bits is not None for p in precisions):  # every family's baseline, so deltas are vs fp32
+        precisions.insert(0, SweepPrecision(FP32))
     return SweepConfig(
         name=str(study.get("name", "sweep")),
         models=models,
@@ -221,8 +223,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             family.append(label)
             paths.append(path)
             labels.append(label)
-        reference = f"{model.slug}.{FP32}" if f"{model.slug}.{FP32}" in family else family[0] if family else None
-        baseline_of.update({label: reference for label in family})
+        baseline_of.update({label: f"{model.slug}.{FP32}" for label in family})
     if not paths:
         raise VitqbenchError("no model could be exported or quantized: " + "; ".join(f.describe() for f in failures))
     eval_config = EvalConfig(
