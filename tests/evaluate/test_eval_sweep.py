@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vitqbench.errors import VitqbenchError
@@ -155,3 +156,32 @@ def test_fp32_is_always_evaluated_as_the_baseline():
     assert [p.name for p in parse_sweep(doc).precisions] == ["fp32", "int8", "int4"]
     doc["precisions"] = [{"name": "int8"}, {"name": "fp32"}]
     assert [p.name for p in parse_sweep(doc).precisions] == ["int8", "fp32"]
+
+
+def test_edited_calibration_folder_requantizes_and_dropped_kwargs_reexport(tmp_path, run_cli):
+    from PIL import Image
+
+    from vitqbench.evaluate.sweep import SweepModel, _export_matches
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    study = tmp_path / "study.toml"
+    text = TINY_TOML.replace('[[precisions]]\nname = "int4"\nbits = 4\nblock_size = 32\n', "")
+    study.write_text(text.replace('calib = "digits:train"', f'calib = "{calib}"'))
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = ["sweep", study, "--out", out, "--cache-dir", cache, "--no-pretrained", "--no-progress"]
+    assert run_cli(*args).code == 0
+    fp32, int8 = out / "models" / "m.fp32.onnx", out / "models" / "m.int8.onnx"
+    before = fp32.stat().st_mtime_ns, int8.stat().st_mtime_ns
+    (calib / "0.png").unlink()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(calib / "new.png")
+    assert run_cli(*args).code == 0
+    assert fp32.stat().st_mtime_ns == before[0] and int8.stat().st_mtime_ns != before[1]
+
+    kwargs = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
+    assert _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=kwargs), False, None)
+    fewer = {k: v for k, v in kwargs.items() if k != "num_classes"}  # the file has 10 classes, timm's default 1000
+    assert not _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=fewer), False, None)

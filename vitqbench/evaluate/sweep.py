@@ -304,7 +304,7 @@ def _export_matches(path: Path, model: SweepModel, pretrained: bool, checkpoint:
     arch, _, tag = model.name.partition(".")
     if meta.timm_name != arch or (tag and meta.timm_tag != tag) or meta.quantization:
         return False
-    if _plain(meta.model_kwargs) != _plain({**meta.model_kwargs, **model.kwargs}):
+    if _plain(meta.model_kwargs) != _plain(model.kwargs):
         return False
     source = meta.source or {}
     if checkpoint is not None:
@@ -332,14 +332,35 @@ def _ensure_quantized(
     cache_root: Path,
     progress: bool,
 ) -> None:
+    from vitqbench.data import load_dataset
     from vitqbench.quant import CalibConfig, Int8Config, quantize_model
 
+    calib_config = (
+        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root, data_root=calib_root)
+        if calib
+        else None
+    )
+    from vitqbench.quant.int4 import Int4Config
+
+    try:
+        if precision.bits == 8:
+            int8, int4 = Int8Config(**_tuple_lists(precision.options)), None
+        else:
+            int8, int4 = None, Int4Config(**precision.options).resolved(calib_config is not None)
+    except TypeError as exc:  # an option name the quantizer does not know
+        raise VitqbenchError(f"precision {precision.name!r}: {exc}") from exc
+    if int4 is not None:
+        int4.check()
+        if int4.algo != "gptq":
+            calib_config = None
     parent_sha = sha256_file(fp32)
     recipe = {
         "bits": precision.bits,
         "options": precision.options,
-        "calib": calib,
-        "calib_root": str(calib_root.resolve()) if calib_root else None,
+        "calib": calib if calib_config else None,
+        "calib_root": str(calib_root.resolve()) if calib_config and calib_root else None,
+        # The content key: an edited folder or image list is a new calibration set.
+        "calib_key": load_dataset(calib, data_root=calib_root, seed=config.seed).key if calib_config else None,
         "calib_size": config.calib_size,
         "seed": config.seed,
         "parent_sha256": parent_sha,
@@ -347,24 +368,7 @@ def _ensure_quantized(
     sidecar = path.with_name(path.name + ".recipe.json")
     if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
         return
-    calib_config = (
-        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root, data_root=calib_root)
-        if calib
-        else None
-    )
-    if precision.bits == 8:
-        int8, int4 = Int8Config(**_tuple_lists(precision.options)), None
-    else:
-        from vitqbench.quant.int4 import Int4Config
-
-        int8, int4 = None, Int4Config(**precision.options).resolved(calib_config is not None)
-        int4.check()
-        if int4.algo != "gptq":
-            calib_config = None
-    try:
-        quantize_model(fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress)
-    except TypeError as exc:  # an option name the quantizer does not know
-        raise VitqbenchError(f"precision {precision.name!r}: {exc}") from exc
+    quantize_model(fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress)
     write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))
 
 
