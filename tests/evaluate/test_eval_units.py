@@ -78,3 +78,30 @@ def test_output_cache_merges_shards_in_dataset_order(tmp_path):
     assert not cache.parts_dir("k").exists()
     cache.path("k").write_bytes(b"garbage")  # a damaged entry is dropped and recomputed, never trusted
     assert cache.get("k") is None and not cache.path("k").exists()
+
+
+def test_fitted_score_state_is_keyed_by_provider_and_resolved_params(tmp_path):
+    """State fitted on CPU outputs is not served to a CUDA run; an explicit default shares the state."""
+    from vitqbench.evaluate.results import DatasetInfo
+    from vitqbench.evaluate.scoring import ScoreSpec
+    from vitqbench.evaluate.state import fitted_score
+
+    rng = np.random.default_rng(0)
+    fit = Outputs(
+        logits=rng.standard_normal((60, 3)).astype(np.float32),
+        features=rng.standard_normal((60, 8)).astype(np.float32),
+        labels=np.arange(60) % 3,
+        paths=np.array([f"{i}.png" for i in range(60)]),
+        indices=np.arange(60),
+    )
+    model = ModelInfo("m", "m.onnx", "ab" * 32, 1, "fp32", "m", None, {})
+    data = DatasetInfo("fit", "fit", "digits:train", "k1", 60, 3, False)
+    state_files = lambda: sorted(p.name for p in (tmp_path / "scores").glob("*.npz"))  # noqa: E731
+
+    fitted_score(ScoreSpec("knn", {"k": 5}), model, data, fit, tmp_path, "cpu")
+    assert len(state_files()) == 1
+    default_k = fitted_score(ScoreSpec("knn", {}), model, data, fit, tmp_path, "cpu").k
+    fitted_score(ScoreSpec("knn", {"k": default_k}), model, data, fit, tmp_path, "cpu")
+    assert len(state_files()) == 2  # {} and k=<default> are one state
+    fitted_score(ScoreSpec("knn", {"k": 5}), model, data, fit, tmp_path, "cuda")
+    assert len(state_files()) == 3

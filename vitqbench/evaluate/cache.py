@@ -147,9 +147,16 @@ class OutputCache:
         return out
 
 
-def score_state_key(model_sha256: str, fit_key: str, score: str, params: dict[str, Any]) -> str:
+SCORE_STATE_VERSION = "2"  # bump when a score's fitting changes, so old fitted state is refitted
+
+
+def score_state_key(fit_outputs_key: str, score: str, params: dict[str, Any]) -> str:
+    """Fitted state is a function of the fit set's outputs (model, data, provider) and every parameter
+    of the score, defaults included."""
     text = json.dumps(
-        {"model": model_sha256, "fit": fit_key, "score": score, "params": params}, sort_keys=True
+        {"version": SCORE_STATE_VERSION, "fit": fit_outputs_key, "score": score, "params": params},
+        sort_keys=True,
+        default=str,
     )
     return f"{score}__{hashlib.sha256(text.encode()).hexdigest()[:24]}"
 

@@ -397,7 +397,9 @@ def _score_model(
     ood_names = [d.info.name for d in ood_data]
     for spec in specs:
         try:
-            score = fitted_score(spec, model.info, fit_data.info if fit_data else None, fit_out, cache_root)
+            score = fitted_score(
+                spec, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.provider
+            )
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.cache import Outputs, score_state_key
+from vitqbench.evaluate.cache import Outputs, outputs_key, score_state_key
 from vitqbench.evaluate.results import DatasetInfo, ModelInfo
 from vitqbench.evaluate.scoring import ScoreSpec
 from vitqbench.ood import load_score
@@ -18,6 +18,7 @@ def fitted_score(
     fit_info: DatasetInfo | None,
     fit_out: Outputs | None,
     cache_root: Path,
+    provider: str,
 ) -> Any:
     """A ready score: as created when it needs no fit, else fitted on ``fit_out`` or loaded from cache."""
     score = spec.create()
@@ -27,7 +28,8 @@ def fitted_score(
         raise VitqbenchError(f"{spec.label} needs fit-set outputs, which are missing (see the fit cell)")
     folder = cache_root / "scores"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{score_state_key(model.sha256, fit_info.key, spec.name, spec.params)}.npz"
+    fit_key = outputs_key(model.sha256, fit_info.key, provider)
+    path = folder / f"{score_state_key(fit_key, spec.name, score.params())}.npz"
     if path.is_file():
         try:
             return load_score(path)
