@@ -8,6 +8,7 @@ outputs (``outputs``), where its classifier head lives (``head``) and how it was
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from vitqbench.errors import VitqbenchError
+from vitqbench.files import sha256_file
 
 METADATA_KEY = "vitqbench"
 SCHEMA_VERSION = 1
@@ -132,6 +134,29 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # protobuf raises several unrelated types on garbage input
         raise VitqbenchError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+
+
+def model_files(path: str | Path, model: onnx.ModelProto | None = None) -> list[Path]:
+    """The ONNX file and the external-data files its initializers name (weights saved beside it)."""
+    path = Path(path)
+    model = model if model is not None else load_onnx(path, load_weights=False)
+    locations = {
+        entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"
+    }
+    return [path, *(path.parent / name for name in sorted(locations))]
+
+
+def model_sha256(path: str | Path) -> str:
+    """A content hash of the model with its external-data files: changed weights give a new hash."""
+    files = model_files(path)
+    if len(files) == 1:
+        return sha256_file(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        if not file.is_file():
+            raise VitqbenchError(f"{path}: external-data file {file} is missing")
+        digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

@@ -188,3 +188,20 @@ def test_failed_verification_writes_nothing(tmp_path, run_cli):
     _assert_one_line_error(result, "verification failed")
     assert out.read_bytes() == b"previous file"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_model_hash_and_files_cover_external_data(tiny_onnx, tmp_path):
+    """Weights saved beside the model count toward its size and its cache key."""
+    from vitqbench.metadata import model_files, model_sha256
+
+    model = onnx.load(str(tiny_onnx))
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    assert [p.name for p in model_files(path)] == ["ext.onnx", "ext.onnx.data"]
+    assert model_files(tiny_onnx) == [tiny_onnx]
+    before = model_sha256(path)
+    data = path.with_name("ext.onnx.data")
+    blob = bytearray(data.read_bytes())
+    blob[-1] ^= 0xFF  # one weight changes; the .onnx file does not
+    data.write_bytes(bytes(blob))
+    assert model_sha256(path) != before

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.metadata import METADATA_KEY, get_metadata, load_onnx
+from vitqbench.metadata import METADATA_KEY, get_metadata, load_onnx, model_files
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -35,16 +35,6 @@ class Target:
             raise VitqbenchError(
                 f"{self.label} has a fixed batch size of {self.fixed_batch}; cannot run batch {batch}"
             )
-
-
-def _model_mb(path: Path, model: onnx.ModelProto) -> float:
-    # Weights saved as external data live in side files; they count toward the model's size.
-    files = {path}
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location":
-                files.add(path.parent / entry.value)
-    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
@@ -89,7 +79,7 @@ def inspect_onnx(path: str | Path) -> Target:
         input_shape=(int(chw[0]), int(chw[1]), int(chw[2])),
         dtype=dtype,
         fixed_batch=dims[0] or None,
-        model_mb=_model_mb(path, model),
+        model_mb=sum(f.stat().st_size for f in model_files(path, model) if f.is_file()) / 2**20,
         precision=meta.precision if meta else None,
         timm_name=meta.timm_name if meta else None,
         model_kwargs=dict(meta.model_kwargs) if meta else {},

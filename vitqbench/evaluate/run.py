@@ -32,8 +32,7 @@ from vitqbench.evaluate.results import (
 )
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
 from vitqbench.evaluate.state import fitted_score
-from vitqbench.files import sha256_file
-from vitqbench.metadata import ModelMetadata, read_metadata
+from vitqbench.metadata import ModelMetadata, model_files, model_sha256, read_metadata
 from vitqbench.runtime import resolve_provider
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
@@ -166,8 +165,8 @@ def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
         info = ModelInfo(
             label=label,
             path=str(path),
-            sha256=sha256_file(path),
-            size_bytes=_model_bytes(path),
+            sha256=model_sha256(path),
+            size_bytes=sum(f.stat().st_size for f in model_files(path) if f.is_file()),
             precision=meta.precision,
             display_name=meta.display_name,
             baseline=None,
@@ -189,14 +188,6 @@ def _unique_labels(paths: list[Path]) -> list[str]:
         seen[label] = seen.get(label, 0) + 1
         out.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
     return out
-
-
-def _model_bytes(path: Path) -> int:
-    """Size on disk, counting external-data files next to the model."""
-    size = path.stat().st_size
-    for extra in path.parent.glob(path.name + ".data"):
-        size += extra.stat().st_size
-    return size
 
 
 def _meta_dict(meta: ModelMetadata) -> dict[str, Any]:
