@@ -123,7 +123,9 @@ class Score:
             return self
         n = None
         if self.uses_features:
-            features = as_matrix(f"fit features for {self.name!r}", features)
+            # A float32 score (KNN) fits in float32 too: its bank can be the size of a training set.
+            fit_dtype = np.float32 if self.feature_dtype == np.float32 else np.float64
+            features = as_matrix(f"fit features for {self.name!r}", features, fit_dtype)
             _check_finite(f"fit features for {self.name!r}", features)
             n = len(features)
         else:
