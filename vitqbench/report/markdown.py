@@ -30,7 +30,9 @@ def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
         f"{s['session_policy']}.",
         "",
         "Deltas are against each model's baseline: absolute in percentage points, then relative. "
-        "For ECE and FPR@95 lower is better.",
+        "For ECE and FPR@95 lower is better. FPR@95 is the share of OOD images accepted at 95 % ID recall "
+        "(ID positive, OpenOOD's `fpr_recall`); OpenOOD v1.5's leaderboard treats OOD as positive, "
+        "which results.json/csv hold as `fpr95_ood_positive`.",
         "",
     ]
     if results.failures:
