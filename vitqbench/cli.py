@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,12 @@ def quantize(
 
         int4 = Int4Config(**dict(four_bit.values()))
     calib_config = CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root) if calib else None
+    start = time.perf_counter()
     meta = quantize_model(model, out, bits, int8=int8, int4=int4, calib=calib_config)
     record = meta.quantization or {}
     console.print(
         f"wrote {out}: {meta.display_name} {meta.precision} ({record.get('algorithm')}, "
-        f"{record.get('seconds')} s); float nodes: {len(record.get('float_nodes', []))}"
+        f"{time.perf_counter() - start:.1f} s); float nodes: {len(record.get('float_nodes', []))}"
     )
 
 

@@ -146,3 +146,15 @@ def test_cli_quantize_calibrates_from_an_image_list_under_data_root(run_cli, tin
     missing = run_cli(*args)  # without the root the paths resolve under lists/, where nothing is
     assert missing.code != 0 and not out.exists()
     assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_quantizing_twice_gives_the_same_bytes(run_cli, tiny_onnx, image_folder, tmp_path, bits):
+    """No timings or other run-to-run noise in the file: eval's cache is keyed on its hash."""
+    from vitqbench.files import sha256_file
+
+    outs = [tmp_path / f"{i}.onnx" for i in range(2)]
+    for out in outs:
+        result = run_cli("quantize", tiny_onnx, "--bits", bits, "--calib", image_folder, "--calib-size", "4", "-o", out)
+        assert result.code == 0, result.stderr
+    assert sha256_file(outs[0]) == sha256_file(outs[1])

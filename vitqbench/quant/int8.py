@@ -7,7 +7,6 @@ import fnmatch
 import io
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,7 +280,6 @@ def quantize_int8(
     """
     with tempfile.TemporaryDirectory(prefix="vitqbench-int8-") as tmp:
         pre_path, out_path = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        start = time.perf_counter()
         with _quiet(), _one_line_errors("quant_pre_process"):
             quant_pre_process(model, str(pre_path))
         pre = onnx.load(str(pre_path))
@@ -297,7 +295,6 @@ def quantize_int8(
             "CalibStridedMinMax": 1,
             "CalibPercentile": config.percentile,
         }
-        pre_seconds = time.perf_counter() - start
         if config.calib_method != "minmax":
             calib = calib.rebatched(HISTOGRAM_BATCH)
         with _progress(progress, len(calib.indices)) as advance, _quiet(), _one_line_errors("quantize_static"):
@@ -314,7 +311,6 @@ def quantize_int8(
                 extra_options=extra,
             )
         quantized = onnx.load(str(out_path))
-        calib_seconds = time.perf_counter() - start - pre_seconds
     float_outputs = keep_outputs_float(quantized, list(meta.outputs.values()))
     head = effective_head(quantized, head_refs, meta) if head_refs else None
     if head is not None:
@@ -337,8 +333,6 @@ def quantize_int8(
         "quantize_linear_nodes": ops.count("QuantizeLinear"),
         "dequantize_linear_nodes": ops.count("DequantizeLinear"),
         "onnxruntime": onnxruntime.__version__,
-        "seconds_pre_process": round(pre_seconds, 2),
-        "seconds_calibrate_quantize": round(calib_seconds, 2),
     }
     return quantized, record
 
