@@ -131,9 +131,12 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     if not path.is_file():
         raise VitqbenchError(f"no such file: {path}")
     try:
-        return onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=load_weights)
     except Exception as exc:  # protobuf raises several unrelated types on garbage input
         raise VitqbenchError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
+    if not model.graph.node:  # an empty file parses as an empty model
+        raise VitqbenchError(f"{path} is not an ONNX model (no graph)")
+    return model
 
 
 def model_files(path: str | Path, model: onnx.ModelProto | None = None) -> list[Path]:

@@ -313,3 +313,13 @@ def test_baseline_option_and_bad_provider(first_run, models):
         run_eval(EvalConfig(**{**config.__dict__, "baseline": "other.onnx"}))
     with pytest.raises(VitqbenchError, match="unknown provider"):
         run_eval(EvalConfig(**{**config.__dict__, "provider": "tpu"}))
+
+
+def test_no_loadable_model_is_one_line_and_writes_nothing(tmp_path, run_cli):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    result = run_cli("eval", "-m", tmp_path / "nope.onnx", "-m", empty, "--id", "digits:test", "-o", out)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "no such file" in result.stderr and "no graph" in result.stderr
+    assert not out.exists()

@@ -96,6 +96,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
     warnings: list[str] = []
 
     models = _load_models(config, failures)
+    if not models:
+        raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
     _assign_baselines(config, models, warnings)
     datasets = _load_datasets(config, failures, needs_fit=bool(fit_specs))
     id_data = next((d for d in datasets if d.info.role == "id"), None)

@@ -36,6 +36,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_plots(results: EvalResults, plot_dir: Path) -> list[Path]:
+    if not results.models:
+        return []
     plot_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if results.id_metrics:
