@@ -200,7 +200,11 @@ def bench(
     """Measure latency, throughput and memory of ONNX models side by side, each in its own process."""
     from vitqbench.bench.results import rich_table
     from vitqbench.bench.runner import BenchSettings, parse_batches, run_benchmark
+    from vitqbench.files import check_output_file
 
+    for path in (json_out, csv_out):
+        if path is not None:
+            check_output_file(path)  # before minutes of measuring, not after
     settings = BenchSettings(
         provider=provider,
         threads=threads,

@@ -20,7 +20,7 @@ from vitqbench.data.builtin import fashion_mnist_dir
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate import EvalConfig, EvalResults, finish_run
 from vitqbench.export import export_model
-from vitqbench.files import default_cache_dir
+from vitqbench.files import check_output_dir, default_cache_dir
 from vitqbench.quant import quantize_model
 from vitqbench.quant.calibration import CalibConfig
 from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model
@@ -109,6 +109,7 @@ def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
 def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     console = console or Console(emoji=False)
     start = time.perf_counter()
+    check_output_dir(config.out)
     data = demo_data(config.dataset, config.ood_size)
     models = config.out / "models"
     models.mkdir(parents=True, exist_ok=True)

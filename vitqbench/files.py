@@ -20,18 +20,35 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vitqbench"
 
 
+def check_output_file(path: str | Path) -> Path:
+    """``path`` if a file can be written there; otherwise one clear error (call it before long work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VitqbenchError(f"cannot write {path}: it is a folder; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise VitqbenchError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise VitqbenchError(f"cannot write {path}: directory {parent} is not writable")
+    return path
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """``path`` if it is a folder or can become one; otherwise one clear error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise VitqbenchError(f"{path} is a file; give a folder for the results")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
     Nothing half-written is ever left at ``path``: on any exception the temporary file is removed.
     """
-    path = Path(path)
+    path = check_output_file(path)
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise VitqbenchError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise VitqbenchError(f"cannot write {path}: directory {parent} is not writable")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)

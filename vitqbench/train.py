@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from vitqbench.data import Dataset, decoded_images, load_dataset
 from vitqbench.errors import VitqbenchError
 from vitqbench.export.model import CHECKPOINT_METADATA_KEY, check_model_name
-from vitqbench.files import atomic_path
+from vitqbench.files import atomic_path, check_output_file
 from vitqbench.metadata import DataConfig
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -91,11 +91,24 @@ def _usable(dataset: Dataset) -> np.ndarray:
     return keep
 
 
-def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``config.data`` and write the checkpoint to ``out`` atomically."""
-    arch, _ = check_model_name(config.model)
+def _check(config: TrainConfig) -> None:
     if config.epochs < 1 or config.batch_size < 1:
         raise VitqbenchError("--epochs and --batch-size must be at least 1")
+    if not config.lr > 0:
+        raise VitqbenchError(f"--lr must be positive (got {config.lr})")
+    if config.weight_decay < 0 or not 0 <= config.label_smoothing < 1 or not 0 <= config.val_fraction < 1:
+        raise VitqbenchError("weight decay must be >= 0, label smoothing and the validation fraction in [0, 1)")
+    if config.max_shift < 0:
+        raise VitqbenchError(f"max shift must be >= 0 (got {config.max_shift})")
+    if config.threads is not None and config.threads < 1:
+        raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
+
+
+def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write the checkpoint to ``out`` atomically."""
+    check_output_file(out)
+    arch, _ = check_model_name(config.model)
+    _check(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     dataset = load_dataset(config.data)
@@ -109,6 +122,8 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainR
         model = timm.create_model(arch, pretrained=False, **kwargs)
     except TypeError as exc:
         raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
+    if not hasattr(model, "patch_embed"):
+        raise VitqbenchError(f"{arch} is not a vision transformer (no patch embedding); train a ViT, DeiT or DeiT3")
     size = model.patch_embed.img_size
     channels = int(model.patch_embed.proj.in_channels)
     data_config = DataConfig(

@@ -81,6 +81,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
         raise VitqbenchError("no models given (--model A.onnx ...)")
     if config.batch_size < 1:
         raise VitqbenchError(f"--batch-size must be at least 1 (got {config.batch_size})")
+    if config.threads is not None and config.threads < 1:
+        raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
     for name in config.ood:
         if name in {config.id_name or config.id, FIT, MEAN}:
             raise VitqbenchError(f"OOD set name {name!r} clashes with the ID set, the fit set or {MEAN!r}")

@@ -32,8 +32,10 @@ def finish_run(
     config: EvalConfig, out_dir: Path, save_outputs: bool = False, console: Console | None = None
 ) -> EvalResults:
     """Run the eval, write every report file, print a summary; raise if any cell failed."""
+    from vitqbench.files import check_output_dir
     from vitqbench.report import write_report
 
+    check_output_dir(out_dir)
     results = run_eval(config)
     write_report(results, out_dir, save_outputs=save_outputs)
     console = console or Console(emoji=False)

@@ -20,7 +20,7 @@ from typing import Any
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.results import EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
-from vitqbench.files import sha256_file, write_text_atomic
+from vitqbench.files import check_output_dir, sha256_file, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,7 +195,10 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     """Export and quantize what is missing, then evaluate every model file in one eval run."""
     from vitqbench.evaluate.cache import resolve_cache_dir
 
-    models_dir = options.out / "models"
+    if options.data_root is not None and not options.data_root.is_dir():
+        raise VitqbenchError(f"--data-root {options.data_root} is not a folder")
+    models_dir = check_output_dir(options.out) / "models"
+    _check_id_set(config, options)
     models_dir.mkdir(parents=True, exist_ok=True)
     cache_root = resolve_cache_dir(options.cache_dir)
     failures: list[Failure] = []
@@ -250,6 +253,18 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     results.failures[:0] = failures
     results.settings["sweep"] = {"name": config.name, "config": asdict(config)}
     return results
+
+
+def _check_id_set(config: SweepConfig, options: SweepOptions) -> None:
+    """Without the ID set nothing can be measured: fail before exporting and quantizing every model."""
+    from vitqbench.data import load_dataset
+
+    spec = _resolve(config.id, options.data_root)
+    try:
+        load_dataset(spec, data_root=_roots(config, options.data_root).get("id"), seed=config.seed)
+    except VitqbenchError as exc:
+        where = f" (--data-root {options.data_root})" if options.data_root else ""
+        raise VitqbenchError(f"ID set {spec}{where}: {exc}") from exc
 
 
 def _resolve(ref: DataRef, data_root: Path | None) -> str:

@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
-from vitqbench.files import atomic_path
+from vitqbench.files import atomic_path, check_output_file
 from vitqbench.metadata import FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
 from vitqbench.runtime import create_session
 
@@ -162,7 +162,7 @@ def export_model(
     crop_pct: float | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``out``; the file appears only if export (and verification) succeed."""
-    out = Path(out)
+    out = check_output_file(out)
     if opset < 18:
         raise VitqbenchError(f"opset {opset} is too old: the exporter needs opset >= 18")
     built: BuiltModel = build_model(

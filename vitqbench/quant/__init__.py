@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import atomic_path, sha256_file
+from vitqbench.files import atomic_path, check_output_file, sha256_file
 from vitqbench.metadata import ModelMetadata, get_metadata, load_onnx, set_metadata
 from vitqbench.quant.calibration import CalibConfig, calibration_set
 from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config, quantize_int8
@@ -46,7 +46,7 @@ def quantize_model(
     8-bit needs ``calib``; 4-bit uses it only for algorithms that need data (gptq). ``int4`` is an
     ``vitqbench.quant.int4.Int4Config`` (its defaults when None).
     """
-    in_path, out_path = Path(in_path), Path(out_path)
+    in_path, out_path = Path(in_path), check_output_file(out_path)
     if bits not in BITS:
         raise VitqbenchError(f"--bits must be 8 or 4 (got {bits})")
     if out_path.resolve() == in_path.resolve():
