@@ -24,6 +24,7 @@ app = typer.Typer(
 
 
 console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def _not_available(command: str, issue: str) -> None:
@@ -118,6 +119,7 @@ def quantize(
     ),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where a calibration image list's paths start."),
+    strict: bool = typer.Option(False, "--strict", help="An unreadable calibration image fails (default: skip)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset (and of n=/noise in --calib)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="8-bit: minmax|entropy|percentile."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="8-bit: weight scales."),
@@ -168,7 +170,9 @@ def quantize(
         from vitqbench.quant.int4 import Int4Config
 
         int4 = Int4Config(**dict(four_bit.values()))
-    calib_config = CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root) if calib else None
+    calib_config = (
+        CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root, strict=strict) if calib else None
+    )
     start = time.perf_counter()
     meta = quantize_model(model, out, bits, int8=int8, int4=int4, calib=calib_config)
     record = meta.quantization or {}
@@ -176,6 +180,14 @@ def quantize(
         f"wrote {out}: {meta.display_name} {meta.precision} ({record.get('algorithm')}, "
         f"{time.perf_counter() - start:.1f} s); float nodes: {len(record.get('float_nodes', []))}"
     )
+    skipped = (record.get("calibration") or {}).get("skipped") or []
+    if skipped:
+        err_console.print(
+            f"warning: {len(skipped)} unreadable calibration image(s) skipped (first: {skipped[0]}); "
+            f"calibrated on {record['calibration']['size']}; --strict makes this an error",
+            markup=False,
+            highlight=False,
+        )
 
 
 # ----------------------------------------------------------------------------------------------- bench

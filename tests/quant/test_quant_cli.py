@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -158,3 +160,23 @@ def test_quantizing_twice_gives_the_same_bytes(run_cli, tiny_onnx, image_folder,
         result = run_cli("quantize", tiny_onnx, "--bits", bits, "--calib", image_folder, "--calib-size", "4", "-o", out)
         assert result.code == 0, result.stderr
     assert sha256_file(outs[0]) == sha256_file(outs[1])
+
+
+def test_unreadable_calibration_images_are_skipped_recorded_and_warned(run_cli, tiny_onnx, image_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "calib"
+    shutil.copytree(image_folder, folder)
+    (folder / "a" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "q.onnx"
+    args = ("quantize", tiny_onnx, "--bits", "8", "--calib", folder, "--calib-size", "7", "-o", out)
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    assert "warning: 1 unreadable calibration image(s) skipped" in result.stderr
+    calibration = read_metadata(out).quantization["calibration"]
+    assert calibration["drawn"] == 7 and calibration["size"] == 6
+    assert [Path(p).name for p in calibration["skipped"]] == ["broken.png"]
+
+    out.unlink()
+    strict = run_cli(*args, "--strict")
+    assert strict.code == 2 and "broken.png" in strict.stderr and not out.exists()

@@ -30,6 +30,7 @@ class CalibConfig:
     batch_size: int = 4
     cache_dir: Path | None = None
     data_root: Path | None = None  # where an image list's relative paths start (default: the list's folder)
+    strict: bool = False  # an unreadable image fails calibration (default: skipped, and recorded)
 
 
 @dataclass
@@ -66,15 +67,23 @@ class CalibrationSet:
         config = replace(self.config, batch_size=min(batch_size, self.config.batch_size))
         return replace(self, config=config, _passes=0)
 
+    def skipped(self) -> list[str]:
+        """Paths of drawn images that could not be decoded (known once the set has been iterated)."""
+        reasons = getattr(self.dataset, "skipped_reasons", {})
+        return [str(self.dataset.paths[i]) for i in self.indices if int(i) in reasons]
+
     def record(self) -> dict[str, Any]:
         """What goes into the quantization record: enough to rebuild the same subset."""
+        skipped = self.skipped()
         return {
             "data": self.config.data,
             "data_root": str(self.config.data_root) if self.config.data_root else None,
             "dataset": getattr(self.dataset, "name", None),
             "dataset_key": getattr(self.dataset, "key", None),
             "available": len(self.dataset),
-            "size": int(len(self.indices)),
+            "drawn": int(len(self.indices)),
+            "size": int(len(self.indices)) - len(skipped),  # images the quantizer actually saw
+            "skipped": skipped,
             "seed": self.config.seed,
         }
 
@@ -87,7 +96,7 @@ def calibration_set(config: CalibConfig, data_config: DataConfig, progress: bool
         raise VitqbenchError(f"calibration batch size must be at least 1 (got {config.batch_size})")
     from vitqbench.data import load_dataset
 
-    dataset = load_dataset(config.data, data_root=config.data_root, seed=config.seed)
+    dataset = load_dataset(config.data, data_root=config.data_root, strict=config.strict, seed=config.seed)
     found = len(dataset)
     if found == 0:
         raise VitqbenchError(f"calibration set {config.data!r} holds no images")
