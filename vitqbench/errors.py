@@ -5,7 +5,9 @@ class VitqbenchError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (libraries raise multi-line ones), or its type name."""
+def first_line(exc: BaseException | str) -> str:
+    """The first line of an error message (libraries raise multi-line ones), or the exception's type name."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if text:
+        return text.splitlines()[0]
+    return "unknown error" if isinstance(exc, str) else type(exc).__name__

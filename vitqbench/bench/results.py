@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitqbench.errors import first_line
 from vitqbench.files import atomic_path, write_text_atomic
 
 
@@ -105,7 +106,10 @@ def table(records: list[BenchRecord]) -> tuple[list[str], list[list[str]]]:
     for r in records:
         head = [r.model, r.precision or "-", str(r.batch)]
         if not r.ok:
-            rows.append(head + [f"failed: {r.error}"] + [""] * (len(columns) - 4))
+            # The whole error is in the JSON/CSV; the table gets its first line, cut to a readable width.
+            reason = first_line(r.error or "no timings")
+            reason = reason if len(reason) <= 80 else reason[:77] + "..."
+            rows.append(head + [f"failed: {reason}"] + [""] * (len(columns) - 4))
             continue
         rows.append(head + [
             _fmt(r.mean_ms, 2), _fmt(r.p50_ms, 2), _fmt(r.p90_ms, 2), _fmt(r.p99_ms, 2),

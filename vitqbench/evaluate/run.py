@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
 from vitqbench.evaluate.inference import run_cell
 from vitqbench.evaluate.progress import CellProgress
@@ -335,7 +335,7 @@ def _model_outputs(
             raise
         except Exception as exc:  # one broken cell must not cost the others
             message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
-            results.failures.append(Failure(label, name, "inference", _first_line(message)))
+            results.failures.append(Failure(label, name, "inference", first_line(message)))
             if data.info.role == "id":
                 break
             continue
@@ -343,11 +343,6 @@ def _model_outputs(
         results.cache["computed"] += 1
         outputs[name] = out
     return outputs
-
-
-def _first_line(message: str) -> str:
-    lines = message.strip().splitlines()
-    return lines[0] if lines else "unknown error"
 
 
 def _score_model(
