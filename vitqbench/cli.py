@@ -133,11 +133,15 @@ def quantize(
         help="8-bit: keep in float (repeatable): head, patch_embed, attention, post_gelu, an op type "
         "(Softmax) or a node-name glob. Default: nothing (measured best).",
     ),
-    algo: str = typer.Option(None, "--algo", help="4-bit: rtn|mse|gptq [default: gptq with --calib, else rtn]."),
-    block_size: int = typer.Option(None, "--block-size", help="4-bit: block size along K (32/64/128)."),
+    algo: str = typer.Option(None, "--algo", help="4-bit: rtn|mse|gptq (default: gptq with --calib, else rtn)."),
+    block_size: int = typer.Option(
+        None, "--block-size", help="4-bit: block size along K: 16, 32, 64, 128 or 256 (default: 128)."
+    ),
     asym: bool = typer.Option(None, "--asym/--sym", help="4-bit: asymmetric blocks (zero points)."),
-    fmt: str = typer.Option(None, "--format", help="4-bit: matmulnbits|qdq."),
-    accuracy_level: int = typer.Option(None, "--accuracy-level", help="4-bit: MatMulNBits level 0-4."),
+    fmt: str = typer.Option(None, "--format", help="4-bit: matmulnbits|qdq (default: matmulnbits)."),
+    accuracy_level: int = typer.Option(
+        None, "--accuracy-level", help="4-bit: MatMulNBits level 0-4 (default: 4, int8 activations)."
+    ),
     keep_head: bool = typer.Option(None, "--keep-head", help="4-bit: leave the classifier head in float."),
     patch_embed_int8: bool = typer.Option(None, "--patch-embed-int8", help="4-bit: 8-bit patch embed."),
 ) -> None:
@@ -347,11 +351,11 @@ def train(
     set_: list[str] = typer.Option(
         [], "--set", help="Model kwarg, key=value (default for vit_tiny: 28x28 input, 4x4 patches, dim 128, depth 6)."
     ),
-    epochs: int | None = typer.Option(None, help="Training epochs [default: 60]."),
+    epochs: int | None = typer.Option(None, help="Training epochs (default: 60)."),
     batch_size: int = typer.Option(64, help="Batch size."),
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule, AdamW)."),
     seed: int = typer.Option(0, help="Seed for init, split, shuffling and augmentation."),
-    threads: int | None = typer.Option(None, help="torch CPU threads [default: torch's]."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)."),
 ) -> None:
     """Train a small timm vision transformer on CPU and save a self-describing checkpoint."""
     from vitqbench.train import TrainConfig, train_model
@@ -382,10 +386,10 @@ def train(
 def demo(
     out: Path = typer.Option(Path("vitqbench-demo"), "--out", "-o", help="Output folder."),
     dataset: str = typer.Option("digits", "--dataset", help="digits or fashion-mnist."),
-    epochs: int | None = typer.Option(None, help="Training epochs [default: 60] (the checkpoint is cached)."),
+    epochs: int | None = typer.Option(None, help="Training epochs (default: 60; the checkpoint is cached)."),
     seed: int = typer.Option(0, help="Seed for training, calibration subsets and noise."),
     cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="[default: $VITQBENCH_CACHE or ~/.cache/vitqbench]"
+        None, "--cache-dir", help="Cache folder (default: $VITQBENCH_CACHE or ~/.cache/vitqbench)."
     ),
 ) -> None:
     """The whole study offline on real small data: train, export, quantize, eval, bench, report."""
