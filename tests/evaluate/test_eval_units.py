@@ -35,6 +35,7 @@ def test_labels_are_unique_and_readable():
     assert _unique_labels([Path("a/m.onnx"), Path("a/m.int8.onnx")]) == ["m", "m.int8"]
     assert _unique_labels([Path("x/m.onnx"), Path("y/m.onnx")]) == ["x/m", "y/m"]
     assert _unique_labels([Path("x/m.onnx"), Path("x/m.onnx")]) == ["x/m", "x/m#2"]
+    assert _unique_labels([Path("m.onnx"), Path("m.onnx")]) == ["m", "m#2"]  # no stray "/m"
 
 
 def _info(label: str, baseline: str) -> ModelInfo:

@@ -53,8 +53,10 @@ class BenchSettings:
             raise VitqbenchError(f"--iters must be positive, got {self.iters}")
         if self.seconds is not None and not self.seconds > 0:
             raise VitqbenchError(f"--seconds must be positive, got {self.seconds}")
-        if self.warmup < 0 or self.rounds <= 0:
-            raise VitqbenchError("--warmup must be >= 0 and --rounds > 0")
+        if self.warmup < 0:
+            raise VitqbenchError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.rounds <= 0:
+            raise VitqbenchError(f"--rounds must be positive, got {self.rounds}")
         if self.threads is not None and self.threads <= 0:
             raise VitqbenchError(f"--threads must be positive, got {self.threads}")
         resolve_provider(self.provider)

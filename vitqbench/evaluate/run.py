@@ -185,7 +185,10 @@ def _unique_labels(paths: list[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     # Same file name in different folders: prefix the parent folder to tell them apart.
-    labels = [f"{Path(p).parent.name}/{s}" if stems.count(s) > 1 else s for p, s in zip(paths, stems, strict=True)]
+    labels = [
+        f"{Path(p).parent.name}/{s}" if stems.count(s) > 1 and Path(p).parent.name else s
+        for p, s in zip(paths, stems, strict=True)
+    ]
     seen: dict[str, int] = {}
     out = []
     for label in labels:

@@ -72,7 +72,10 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
+        kind = "safetensors" if path.suffix == ".safetensors" else "torch.save (weights only)"
+        raise VitqbenchError(
+            f"cannot read checkpoint {path} as {kind}: {type(exc).__name__}: {first_line(exc)[:200]}"
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -156,7 +159,8 @@ def build_model(
         with _quiet_hub():
             net = timm.create_model(model, pretrained=use_pretrained, **kwargs)
     except TypeError as exc:
-        raise VitqbenchError(f"bad model option for {arch}: {exc}") from exc
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise VitqbenchError(f"bad model option for {arch} ({given}): {first_line(exc)}") from exc
     except Exception as exc:
         if not use_pretrained:
             raise VitqbenchError(f"cannot build {arch} with {kwargs}: {first_line(exc)}") from exc
@@ -206,6 +210,12 @@ def data_config_for(
     if std is not None:
         config["std"] = std
     if interpolation is not None:
+        from vitqbench.data.preprocess import PIL_INTERPOLATION
+
+        if interpolation not in PIL_INTERPOLATION:
+            raise VitqbenchError(
+                f"unknown --interpolation {interpolation!r} (one of {', '.join(PIL_INTERPOLATION)})"
+            )
         config["interpolation"] = interpolation
     if crop_pct is not None:
         if not 0 < crop_pct <= 1:
