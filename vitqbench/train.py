@@ -17,7 +17,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import save_file
 
 from vitqbench.data import Dataset, decoded_images, load_dataset
@@ -25,6 +25,7 @@ from vitqbench.errors import VitqbenchError
 from vitqbench.export.model import CHECKPOINT_METADATA_KEY, check_model_name
 from vitqbench.files import atomic_path, check_output_file
 from vitqbench.metadata import DataConfig
+from vitqbench.progress import progress_bar
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 # 28x28 inputs in 4x4 patches (49 tokens), width 128 (every 4-bit block size divides K), depth 6.
@@ -163,7 +164,7 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainR
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with progress_bar(*columns, enabled=progress, transient=False) as bar:
         task = bar.add_task("", total=config.epochs)
         for _epoch in range(config.epochs):
             model.train()

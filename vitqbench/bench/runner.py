@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vitqbench.bench.client import WorkerFailed, WorkerProcess
@@ -23,6 +22,7 @@ from vitqbench.bench.results import BenchRecord, BenchResult, Span
 from vitqbench.bench.stats import summarize
 from vitqbench.bench.targets import Target, inspect_onnx, label_targets, torch_target
 from vitqbench.errors import VitqbenchError
+from vitqbench.progress import progress_bar
 from vitqbench.runtime import physical_cores, resolve_provider
 
 DEFAULT_ITERS = 50
@@ -125,10 +125,18 @@ def _load_request(target: Target, batch: int, s: BenchSettings) -> dict[str, Any
 def _record(slot: _Slot, batch: int, s: BenchSettings) -> BenchRecord:
     t = slot.target
     record = BenchRecord(
-        model=t.label, provider=s.provider, batch=batch, threads=s.threads or 0,
-        path=str(t.path) if t.path else None, precision=t.precision, model_mb=t.model_mb,
-        io_binding=bool(s.io_binding) and t.kind == "onnx", allow_spinning=False,
-        schedule="interleaved", worker_pid=slot.info.get("pid"), backend=slot.info.get("provider"),
+        model=t.label,
+        provider=s.provider,
+        batch=batch,
+        threads=s.threads or 0,
+        path=str(t.path) if t.path else None,
+        precision=t.precision,
+        model_mb=t.model_mb,
+        io_binding=bool(s.io_binding) and t.kind == "onnx",
+        allow_spinning=False,
+        schedule="interleaved",
+        worker_pid=slot.info.get("pid"),
+        backend=slot.info.get("provider"),
     )
     if t.kind == "torch" and record.backend:
         record.provider = record.backend
@@ -233,9 +241,8 @@ def run_benchmark(
     steps_per_batch = len(targets) * (2 + len(s.round_plan()))
     records: list[BenchRecord] = []
     spans: list[Span] = []
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True, emoji=False), disable=not progress, transient=True,
+    bar = progress_bar(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), enabled=progress
     )
     with bar:
         task = bar.add_task("bench", total=steps_per_batch * len(s.batches))
@@ -246,4 +253,3 @@ def run_benchmark(
     settings_out = dataclasses.asdict(s)
     settings_out.update(allow_spinning=False, schedule="interleaved", rounds=len(s.round_plan()))
     return BenchResult(records, machine_info(gpu=s.provider != "cpu"), settings_out, spans)
-

@@ -269,11 +269,12 @@ def _progress(enabled: bool, total: int, description: str):
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True, emoji=False), transient=True) as bar:
+    from vitqbench.progress import progress_bar
+
+    with progress_bar(*columns) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 

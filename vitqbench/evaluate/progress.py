@@ -5,29 +5,29 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
+from vitqbench.progress import progress_bar
+
 
 class CellProgress:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._progress = Progress(
+        self._progress = progress_bar(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=Console(stderr=True, emoji=False),
-            disable=not enabled,
+            enabled=enabled,
+            transient=False,
         )
 
     def __enter__(self) -> CellProgress:

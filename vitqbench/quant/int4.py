@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.metadata import ModelMetadata, attach_head, get_metadata, read_head, set_metadata
+from vitqbench.progress import progress_bar
 from vitqbench.quant.int4_blockwise import BlockQuant, check_block_size, quantize_weight
 from vitqbench.quant.int4_gptq import collect_hessians, gptq_quantize
 from vitqbench.quant.int4_graph import (
@@ -104,15 +105,13 @@ def quantize_int4(
     calib_images = 0
     if config.algo == "gptq":
         if calib is None:
-            raise VitqbenchError(
-                "4-bit gptq needs calibration images: pass --calib DATA, or --algo rtn|mse"
-            )
+            raise VitqbenchError("4-bit gptq needs calibration images: pass --calib DATA, or --algo rtn|mse")
         hessians, calib_images = collect_hessians(model, [t.node.input[0] for t in targets], calib, config.threads)
 
     names = NameMaker(graph)
     replaced_weights: set[str] = set()
     columns = [TextColumn("int4: {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, disable=not config.progress, transient=True) as bar:
+    with progress_bar(*columns, enabled=config.progress) as bar:
         task = bar.add_task(f"{config.algo} layers", total=len(targets))
         for layer in targets:
             bq = _quantize_layer(layer, config, hessians.get(layer.node.input[0]))

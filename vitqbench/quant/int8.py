@@ -22,11 +22,11 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.metadata import ModelMetadata, attach_head
+from vitqbench.progress import progress_bar
 from vitqbench.quant.calibration import BatchReader, CalibrationSet
 
 CALIB_METHODS = {
@@ -343,14 +343,7 @@ def _progress(enabled: bool, total: int) -> Any:
     if not enabled:
         yield lambda n: None
         return
-    bar = Progress(
-        TextColumn("calibrating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True, emoji=False),
-        transient=True,
-    )
+    bar = progress_bar(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with bar:
         task = bar.add_task("calibrating", total=total)
         yield lambda n: bar.advance(task, n)
