@@ -180,3 +180,20 @@ def test_unreadable_calibration_images_are_skipped_recorded_and_warned(run_cli, 
     out.unlink()
     strict = run_cli(*args, "--strict")
     assert strict.code == 2 and "broken.png" in strict.stderr and not out.exists()
+
+
+def test_histogram_calibration_copes_with_unreadable_images(run_cli, tiny_onnx, image_folder, tmp_path):
+    """Entropy and percentile calibrators fail on an empty window, which a skipped image used to leave."""
+    import shutil
+
+    folder = tmp_path / "calib"
+    shutil.copytree(image_folder, folder)
+    (folder / "b" / "2.png").unlink()
+    (folder / "b" / "1.png").unlink()
+    (folder / "b" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "q.onnx"
+    # 5 drawn, 4 readable: one batch of 4, where the drawn count promised two windows.
+    args = ("--calib", folder, "--calib-size", "5", "--calib-method", "percentile", "-o", out)
+    result = run_cli("quantize", tiny_onnx, "--bits", "8", *args)
+    assert result.code == 0, result.stderr
+    assert read_metadata(out).quantization["calibration"]["size"] == 4

@@ -115,6 +115,9 @@ def test_keep_head_and_int8_patch_embedding(fp32):
     assert producer.op_type == "DequantizeLinear"
     inits = {i.name: i for i in q.graph.initializer}
     assert inits[producer.input[0]].data_type == TensorProto.INT8
+    used = {name for n in q.graph.node for name in n.input}
+    head_copies = {i.name for i in q.graph.initializer if i.name.startswith("vitqbench.head.")}
+    assert set(inits) - used <= head_copies  # the float Conv weight is gone, not carried along unused
     assert rel(run(q)["logits"], run(fp32)["logits"]) < 0.3
 
 

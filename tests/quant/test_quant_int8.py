@@ -227,3 +227,13 @@ def test_matmul_add_head_is_read_back(tmp_path, calib_folder):
     logits, features = _run(int8, _images(fp32, calib_folder))
     recomputed = features @ weight.T + bias
     assert np.linalg.norm(recomputed - logits) / np.linalg.norm(logits) < 0.05
+
+    # Excluding the head keeps its weight and its bias in float (here ORT's pre-processing fuses the
+    # MatMul and the Add into one Gemm; unfused, both nodes are excluded).
+    kept = tmp_path / "synthetic.kept.onnx"
+    calib = CalibConfig(str(calib_folder), size=8)
+    quantize_model(fp32, kept, 8, int8=Int8Config(exclude=("head",)), calib=calib, progress=False)
+    assert read_metadata(kept).quantization["float_nodes"]
+    weight, bias = read_head(kept)
+    np.testing.assert_array_equal(weight, head_w.T)
+    np.testing.assert_array_equal(bias, head_b)

@@ -67,6 +67,16 @@ class CalibrationSet:
         config = replace(self.config, batch_size=min(batch_size, self.config.batch_size))
         return replace(self, config=config, _passes=0)
 
+    def readable(self) -> CalibrationSet:
+        """The same subset without the images that fail to decode (one pass, which fills the decode cache)."""
+        for _ in self:
+            pass
+        reasons = getattr(self.dataset, "skipped_reasons", {})
+        kept = np.array([i for i in self.indices if int(i) not in reasons], dtype=self.indices.dtype)
+        if len(kept) == 0:
+            raise VitqbenchError(f"no calibration image of {self.config.data!r} could be read")
+        return replace(self, indices=kept, _passes=0)
+
     def skipped(self) -> list[str]:
         """Paths of drawn images that could not be decoded (known once the set has been iterated)."""
         reasons = getattr(self.dataset, "skipped_reasons", {})

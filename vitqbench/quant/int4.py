@@ -125,9 +125,10 @@ def quantize_int4(
     float_convs: list[str] = []
     int8_convs: list[str] = []
     for node in [n for n in graph.node if n.op_type == "Conv"]:
+        float_weight = node.input[1]  # quantize_conv_int8 repoints the node at its int8 copy
         if config.patch_embed_int8 and quantize_conv_int8(node, graph, names):
             int8_convs.append(node.name or node.output[0])
-            replaced_weights.add(node.input[1])
+            replaced_weights.add(float_weight)
         else:
             float_convs.append(node.name or node.output[0])
     drop_unused(graph, replaced_weights)
@@ -144,7 +145,7 @@ def quantize_int4(
         "format": config.format,
         # For qdq the runtime picks the level when it fuses (ORT: session.qdq_matmulnbits_accuracy_level).
         "accuracy_level": config.accuracy_level if config.format == "matmulnbits" else None,
-        "head": "float" if config.keep_head else "int4",
+        "head": "int4" if any(t.is_head for t in targets) else "float" if any(x.is_head for x in layers) else None,
         "patch_embed": "int8" if int8_convs else "float",
         "quantized_nodes": [layer.name for layer in layers if layer.name in quantized],
         "float_nodes": [layer.name for layer in layers if layer.name not in quantized] + float_convs,

@@ -60,6 +60,8 @@ def find_layers(graph: onnx.GraphProto, meta: ModelMetadata | None = None) -> li
                 if node.input[2] not in inits:
                     continue  # a computed bias: leave this Gemm alone
                 c = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+                if c.size not in (1, weight.shape[1]):
+                    continue  # a full [M, N] C is not a bias: leave this Gemm alone
                 bias = np.broadcast_to(c.reshape(-1) * np.float32(attrs.get("beta", 1.0)), weight.shape[1:])
         if head_weight is not None:
             is_head = node.input[1] == head_weight

@@ -102,9 +102,9 @@ def exclusion_groups(model: onnx.ModelProto, meta: ModelMetadata) -> dict[str, l
     constants |= {out for n in graph.node if n.op_type == "Constant" for out in n.output}
     producers = _producers(graph)
     groups: dict[str, list[str]] = {g: [] for g in GROUPS}
-    head_weight = meta.head.weight if meta.head else None
+    head_inputs = {meta.head.weight, meta.head.bias} - {None} if meta.head else set()
     for node in graph.node:
-        if head_weight and head_weight in node.input:
+        if head_inputs & set(node.input):  # the MatMul and, for MatMul+Add heads, the bias Add
             groups["head"].append(node.name)
         if node.op_type == "Conv":
             groups["patch_embed"].append(node.name)
@@ -296,7 +296,9 @@ def quantize_int8(
             "CalibPercentile": config.percentile,
         }
         if config.calib_method != "minmax":
-            calib = calib.rebatched(HISTOGRAM_BATCH)
+            # Histogram calibrators fail on an empty window, so the window count must match the images
+            # that decode; minmax takes empty windows, and keeps its single pass.
+            calib = calib.readable().rebatched(HISTOGRAM_BATCH)
         with _progress(progress, len(calib.indices)) as advance, _quiet(), _one_line_errors("quantize_static"):
             quantize_static(
                 str(pre_path),
