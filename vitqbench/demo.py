@@ -98,7 +98,7 @@ def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
         console.print(f"reusing the trained checkpoint {path}")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = train_model(train, path)
+    result = train_model(train, path, cache_dir=config.cache_dir)
     console.print(
         f"trained in {result.seconds:.0f} s on {result.num_train} images; "
         f"held-out accuracy {result.val_accuracy:.3f} ({result.num_val} images)"

@@ -105,14 +105,16 @@ def _check(config: TrainConfig) -> None:
         raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
 
 
-def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``config.data`` and write the checkpoint to ``out`` atomically."""
+def train_model(config: TrainConfig, out: Path, progress: bool = True, cache_dir: Path | None = None) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write the checkpoint to ``out`` atomically.
+
+    ``config.seed`` also draws ``n=`` subsets of the data; ``cache_dir`` holds the decoded images."""
     check_output_file(out)
     arch, _ = check_model_name(config.model)
     _check(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config.data, seed=config.seed)
     if dataset.labels is None:
         raise VitqbenchError(f"{dataset.spec} has no labels: training needs class sub-folders or a labelled set")
     num_classes = int(dataset.labels.max()) + 1
@@ -135,7 +137,7 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True) -> TrainR
         crop_pct=1.0,
         crop_mode="center",
     )
-    images = decoded_images(dataset, data_config, progress=progress)
+    images = decoded_images(dataset, data_config, cache_dir=cache_dir, progress=progress)
     keep = _usable(dataset)
     labels = dataset.labels[keep]
     x_all = _normalized(images[keep], data_config)

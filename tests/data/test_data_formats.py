@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from datahelpers import write_class_folders, write_image
@@ -130,3 +132,14 @@ def test_key_follows_content(class_root):
     assert load_dataset(str(class_root)).key == before
     write_image(class_root / "b_dog" / "000.png", "png", seed=42, size=(50, 50))
     assert load_dataset(str(class_root)).key != before
+
+
+def test_class_folders_are_numbered_in_timms_natural_order(tmp_path):
+    from timm.utils.misc import natural_key
+
+    names = ["0", "1", "2", "10", "11", "Zebra", "apple"]
+    write_class_folders(tmp_path / "classes", {name: ["png"] for name in names})
+    dataset = load_dataset(str(tmp_path / "classes"))
+    assert dataset.class_names == sorted(names, key=natural_key) == ["0", "1", "2", "10", "11", "apple", "Zebra"]
+    assert [Path(p).parent.name for p in dataset.paths] == dataset.class_names
+    assert list(dataset.labels) == list(range(len(names)))

@@ -208,3 +208,13 @@ def test_model_hash_and_files_cover_external_data(tiny_onnx, tmp_path):
     blob[-1] ^= 0xFF  # one weight changes; the .onnx file does not
     data.write_bytes(bytes(blob))
     assert model_sha256(path) != before
+
+
+def test_verification_fails_on_non_finite_outputs():
+    from vitqbench.export.onnx_export import Verification, _max_abs_diff
+
+    ok = np.ones((2, 3), np.float32)
+    assert _max_abs_diff(ok, ok + 1e-6) < 1e-5
+    for bad in (np.full((2, 3), np.nan, np.float32), np.full((2, 3), np.inf, np.float32)):
+        assert _max_abs_diff(bad, ok) == float("inf") and _max_abs_diff(ok, bad) == float("inf")
+    assert not Verification(_max_abs_diff(ok, ok * np.nan), 0.0, 1.0, (1,), 1e-3).passed

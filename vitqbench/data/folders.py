@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +54,24 @@ def _from_files(spec: str, name: str, files: list[Path], labels, class_names) ->
     )
 
 
-def load_folder(folder: Path, spec: str) -> Dataset:
-    """Class sub-folders (sorted by name -> label index, like torchvision/timm) or a flat folder.
+def natural_key(name: str) -> list[int | str]:
+    """timm's class-folder sort key (``timm.utils.misc.natural_key``), without importing torch."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
-    Every non-hidden sub-folder is a class, even an empty one, so that the indices of the others do
-    not shift; images are found recursively inside each class folder. A folder with no image-holding
-    sub-folder is flat and unlabeled.
+
+def load_folder(folder: Path, spec: str) -> Dataset:
+    """Class sub-folders (label index in timm's order) or a flat folder.
+
+    timm numbers classes in natural order (``2`` before ``10``, case ignored); torchvision's plain
+    sort differs only for such names (never for ImageNet's synset folders). Every non-hidden
+    sub-folder is a class, even an empty one (timm skips those), so that the indices of the others
+    do not shift; images are found recursively inside each class folder. A folder with no
+    image-holding sub-folder is flat and unlabeled.
     """
     folder = folder.resolve()
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
+    )
     per_class = [_images_under(d) for d in subdirs]
     top_level = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
     if any(per_class):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image
 
 from vitqbench.data.builtin import noise_image
@@ -222,7 +223,9 @@ def _batches(
 def _cache_files(dataset: Dataset, geometry: Geometry, cache_dir: Path | None) -> tuple[Path, Path]:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / "decoded"
-    name = hashlib.sha256(f"{CACHE_FORMAT}\0{dataset.key}\0{asdict(geometry)}".encode()).hexdigest()[:32]
+    # Pillow's version is part of the key: another decoder or resampler gives other pixels.
+    text = f"{CACHE_FORMAT}\0{PIL.__version__}\0{dataset.key}\0{asdict(geometry)}"
+    name = hashlib.sha256(text.encode()).hexdigest()[:32]
     return folder / f"{name}.npy", folder / f"{name}.json"
 
 

@@ -118,6 +118,13 @@ def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int) -> onn
     return proto
 
 
+def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest |got - want|; inf when either side is not finite (NaN would otherwise compare as 0)."""
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return float("inf")
+    return float(np.abs(got - want).max())
+
+
 def verify_onnx(
     path: Path, wrapper: torch.nn.Module, input_shape: tuple[int, ...], tolerance: float, seed: int = 0
 ) -> Verification:
@@ -131,8 +138,8 @@ def verify_onnx(
         with torch.no_grad():
             ref_logits, ref_features = (t.numpy() for t in wrapper(x))
         logits, features = session.run([LOGITS, FEATURES], {INPUT: x.numpy()})
-        worst_logits = max(worst_logits, float(np.abs(logits - ref_logits).max()))
-        worst_features = max(worst_features, float(np.abs(features - ref_features).max()))
+        worst_logits = max(worst_logits, _max_abs_diff(logits, ref_logits))
+        worst_features = max(worst_features, _max_abs_diff(features, ref_features))
         agree += int((logits.argmax(1) == ref_logits.argmax(1)).sum())
         total += batch
     return Verification(worst_logits, worst_features, agree / total, (1, 3), tolerance)
@@ -182,7 +189,8 @@ def export_model(
         raise
     except Exception as exc:
         raise VitqbenchError(f"ONNX export of {built.timm_name} failed: {first_line(exc)}") from exc
-    feature_dim = int(getattr(net, "num_features", 0) or wrapper(example)[1].shape[1])
+    with torch.no_grad():
+        feature_dim = int(wrapper(example)[1].shape[1])  # what `features` holds (num_features can differ)
     meta = ModelMetadata(
         timm_name=built.timm_name,
         timm_tag=built.timm_tag,
