@@ -58,6 +58,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             umask = os.umask(0)
             os.umask(umask)
             tmp_path.chmod(0o666 & ~umask)
+            with open(tmp_path, "rb") as f:  # on disk before the rename, so a crash never leaves zeros
+                os.fsync(f.fileno())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
