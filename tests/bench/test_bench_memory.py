@@ -38,3 +38,18 @@ def test_gpu_probe_without_nvidia_smi_reports_nothing(monkeypatch):
     probe = memory.GpuMemoryProbe(1)
     probe.sample()
     assert probe.peak_mb is None and probe.scope is None
+
+
+def test_gpu_probe_reads_device_growth_only_while_its_model_is_alone(monkeypatch):
+    """Samples taken once other models have loaded must not add their memory to this one's."""
+    used = {"now": 1000}
+    monkeypatch.setattr(
+        memory, "nvidia_smi",
+        lambda args: [] if args[0].startswith("--query-compute-apps") else [str(used["now"])],
+    )  # fmt: skip
+    probe = memory.GpuMemoryProbe(4242)
+    used["now"] = 1300  # this model loaded and warmed up
+    probe.sample()
+    used["now"] = 2500  # the next model loaded on the same device
+    probe.sample(device_fallback=False)
+    assert probe.peak_mb == 300 and probe.scope == "device"

@@ -56,7 +56,9 @@ class GpuMemoryProbe:
 
     Per-process figures come from ``nvidia-smi --query-compute-apps``; inside containers the
     process is often not listed (PID namespaces), and the probe falls back to the growth of the
-    first device's used memory since the probe was made (``scope == "device"``).
+    first device's used memory since the probe was made (``scope == "device"``). That growth is
+    only this process's while no other model loads: the runner loads and warms up one model at a
+    time, and samples taken later (``device_fallback=False``) read the process line only.
     """
 
     def __init__(self, pid: int) -> None:
@@ -65,10 +67,10 @@ class GpuMemoryProbe:
         self.peak_mb: float | None = None
         self.scope: str | None = None
 
-    def sample(self) -> None:
+    def sample(self, device_fallback: bool = True) -> None:
         used = _process_used_mb(self.pid)
         scope = "process"
-        if used is None and self.baseline is not None:
+        if used is None and device_fallback and self.baseline is not None:
             device = _device_used_mb()
             used = None if device is None else device - self.baseline
             scope = "device"

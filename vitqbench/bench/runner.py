@@ -171,11 +171,12 @@ def _measure_batch(
             slots.append(_Slot(t, WorkerProcess(t.kind)))
         for slot in slots:  # all booted before any load: session_s must not share the cores with a boot
             slot.call("ping", s.timeout_s)
-        for slot in slots:  # load one at a time, for the same reason
+        # Load and warm up one model at a time: session_s shares the cores with nobody, and a GPU
+        # probe that can only see the whole device reads this model's growth before the next loads.
+        for slot in slots:
             progress.update(task, description=f"batch {batch}: loading {slot.target.label}")
             slot.info.update(slot.call("load", s.timeout_s, **_load_request(slot.target, batch, s)) or {})
             progress.advance(task)
-        for slot in slots:
             progress.update(task, description=f"batch {batch}: warming up {slot.target.label}")
             if s.warmup:
                 slot.call("warmup", s.timeout_s, n=s.warmup)

@@ -120,6 +120,7 @@ class Worker:
             t0 = time.perf_counter()
             self.run, used = (_load_torch if req["kind"] == "torch" else _load_onnx)(req, x)
             session_s = time.perf_counter() - t0
+            self._sample_gpu()
             return {"session_s": session_s, "base_rss_mb": base, "pid": os.getpid(), "provider": used}
         if self.run is None:
             raise RuntimeError(f"{op!r} before 'load'")
@@ -131,7 +132,7 @@ class Worker:
             start = time.monotonic_ns()  # system-wide clock: the parent can check the interleaving
             times = _timed(self.run, req.get("n"), req.get("seconds"))
             end = time.monotonic_ns()
-            self._sample_gpu()
+            self._sample_gpu(device_fallback=False)  # other models are loaded by now
             return {"times_ms": times, "start_ns": start, "end_ns": end}
         if op == "finish":
             gpu = self.gpu
@@ -142,9 +143,9 @@ class Worker:
             }
         raise RuntimeError(f"unknown request {op!r}")
 
-    def _sample_gpu(self) -> None:
+    def _sample_gpu(self, device_fallback: bool = True) -> None:
         if self.gpu is not None:
-            self.gpu.sample()
+            self.gpu.sample(device_fallback)
 
 
 def serve(requests: TextIO, replies: TextIO) -> None:
