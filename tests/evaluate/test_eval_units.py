@@ -106,3 +106,25 @@ def test_fitted_score_state_is_keyed_by_provider_and_resolved_params(tmp_path):
     assert len(state_files()) == 2  # {} and k=<default> are one state
     fitted_score(ScoreSpec("knn", {"k": 5}), model, data, fit, tmp_path, "cuda")
     assert len(state_files()) == 3
+
+
+def test_a_cell_is_locked_while_computed_and_a_finished_one_is_not_recomputed(tmp_path):
+    import fcntl
+
+    from vitqbench.evaluate.inference import run_cell
+
+    cache = OutputCache(tmp_path)
+    with cache.lock("k"), open(tmp_path / "outputs" / "k.lock", "a") as other:
+        with pytest.raises(BlockingIOError):  # what a second process computing the same cell would wait on
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    done = Outputs(
+        logits=np.zeros((3, 2), np.float32),
+        features=np.zeros((3, 4), np.float32),
+        labels=None,
+        paths=np.array(["a", "b", "c"]),
+        indices=np.arange(3),
+    )
+    done.save(cache.path("k"))  # finished by the other process while this one waited
+    seen = []
+    out, computed = run_cell(None, None, None, cache, "k", batch_size=2, image_cache_dir=None, on_batch=seen.append)
+    assert computed == 0 and len(out) == 3 and seen == [3]

@@ -7,9 +7,12 @@ cell is merged into one file and its shards removed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +116,16 @@ class OutputCache:
         ):  # a foreign or damaged file is recomputed, never trusted
             path.unlink(missing_ok=True)
             return None
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive use of one cell across processes (an advisory lock on ``KEY.lock``)."""
+        with open(self.dir / f"{key}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def parts_dir(self, key: str) -> Path:
         return self.dir / f"{key}.parts"

@@ -28,8 +28,28 @@ def run_cell(
     """Outputs of ``session`` on every readable sample of ``dataset``, and how many were run now.
 
     Only the samples no cached shard holds are run; ``on_batch`` is told how many samples each
-    step covered (the resumed ones first, in one step).
+    step covered (the resumed ones first, in one step). Two runs that share the cache compute a
+    cell one after the other: the second finds it finished.
     """
+    with cache.lock(key):
+        finished = cache.get(key)
+        if finished is not None:
+            if on_batch is not None:
+                on_batch(len(finished))
+            return finished, 0
+        return _compute_cell(session, meta, dataset, cache, key, batch_size, image_cache_dir, on_batch)
+
+
+def _compute_cell(
+    session: Any,
+    meta: ModelMetadata,
+    dataset: Any,
+    cache: OutputCache,
+    key: str,
+    batch_size: int,
+    image_cache_dir: Path | None,
+    on_batch: Callable[[int], None] | None,
+) -> tuple[Outputs, int]:
     from vitqbench.data import iter_batches
 
     parts = cache.load_parts(key)
