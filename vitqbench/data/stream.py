@@ -237,6 +237,8 @@ def _open_cache(dataset: Dataset, geometry: Geometry, files: tuple[Path, Path]) 
         cached = np.load(npy, mmap_mode="r")
     except (OSError, ValueError):
         return None
+    if not isinstance(info, dict) or not isinstance(info.get("skipped"), list):
+        return None
     if info.get("key") != dataset.key or cached.shape != (len(dataset), *geometry.shape):
         return None
     for index, reason in info["skipped"]:
