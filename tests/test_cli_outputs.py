@@ -17,6 +17,10 @@ CASES = {
     "eval into a file": ("eval -m ONNX --id digits:test -o TMP/a_file", "is a file"),
     "eval with zero threads": ("eval -m ONNX --id digits:test --threads 0 -o TMP/e", "--threads must be at least 1"),
     "demo into a file": ("demo --out TMP/a_file", "is a file"),
+    "demo with zero epochs": ("demo --epochs 0 --out TMP/d", "--epochs must be at least 1"),
+    "eval with a mistyped ID set": ("eval -m ONNX --id digits:tset -o TMP/e", "ID set digits:tset: unknown option"),
+    "eval with a missing ID folder": ("eval -m ONNX --id TMP/nodir -o TMP/e", "no such file or directory"),
+    "export of an ONNX file": ("export ONNX -o TMP/x.onnx", "is an ONNX file"),
 }
 
 

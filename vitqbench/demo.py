@@ -110,6 +110,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     console = console or Console(emoji=False)
     start = time.perf_counter()
     check_output_dir(config.out)
+    if config.epochs is not None and config.epochs < 1:
+        raise VitqbenchError(f"--epochs must be at least 1 (got {config.epochs})")
     data = demo_data(config.dataset, config.ood_size)
     models = config.out / "models"
     models.mkdir(parents=True, exist_ok=True)

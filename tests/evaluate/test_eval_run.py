@@ -135,8 +135,12 @@ def test_rerun_runs_no_model_and_new_ood_set_runs_only_that(first_run, models, t
     sessions = []
     real = vitqbench.runtime.create_session
     monkeypatch.setattr(vitqbench.runtime, "create_session", lambda *a, **k: sessions.append(a) or real(*a, **k))
+    stale = tmp_path / "again" / "plots" / "roc_an_old_set_msp.png"  # from an earlier run into this folder
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     result = run_cli(*eval_args(models, tmp_path / "again", cache))
     assert result.code == 0, result.stderr
+    assert not stale.exists() and (tmp_path / "again" / "plots" / "bars_auroc.png").is_file()
     doc, _ = load(tmp_path / "again")
     assert sessions == [] and doc["cache"]["computed"] == 0 and doc["cache"]["samples_computed"] == 0
     assert doc["ood_metrics"] == load(out)[0]["ood_metrics"]

@@ -128,3 +128,13 @@ def test_a_cell_is_locked_while_computed_and_a_finished_one_is_not_recomputed(tm
     seen = []
     out, computed = run_cell(None, None, None, cache, "k", batch_size=2, image_cache_dir=None, on_batch=seen.append)
     assert computed == 0 and len(out) == 3 and seen == [3]
+
+
+def test_dataset_class_count_is_the_classes_present():
+    from vitqbench.data import load_dataset
+    from vitqbench.evaluate.run import _classes_present
+
+    subset = load_dataset("digits:test:0-5")
+    assert _classes_present(subset, subset.class_names) == 6
+    noise = load_dataset("noise:gaussian:n=3")
+    assert _classes_present(noise, None) is None

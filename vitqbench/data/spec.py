@@ -66,6 +66,8 @@ def parse_options(parts: list[str], spec: str, seed: int = 0) -> Options:
             opts.classes = _parse_classes(part)
         elif match := _NUMBER.match(part):
             setattr(opts, match.group(1), int(match.group(2)))
+        elif part.split("=", 1)[0] in ("n", "seed"):
+            raise VitqbenchError(f"{part!r} in dataset {spec!r}: {part.split('=', 1)[0]} takes a whole number")
         else:
             raise VitqbenchError(
                 f"unknown option {part!r} in dataset {spec!r} (expected train, test, classes like 0-5, "

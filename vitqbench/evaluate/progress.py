@@ -39,7 +39,7 @@ class CellProgress:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self._progress.console.log(message)
+            self._progress.console.print(message, markup=False, highlight=False)
 
     @contextlib.contextmanager
     def cell(self, description: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -103,9 +103,13 @@ def run_eval(config: EvalConfig) -> EvalResults:
     _assign_baselines(config, models, warnings)
     datasets = _load_datasets(config, failures, needs_fit=bool(fit_specs))
     id_data = next((d for d in datasets if d.info.role == "id"), None)
+    if id_data is None:  # nothing can be measured; an OOD or fit set that fails only costs its own cells
+        name = config.id_name or config.id
+        reason = next((f.message for f in failures if f.dataset == name), "it could not be loaded")
+        raise VitqbenchError(f"ID set {name}: {reason}")
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
     ood_data = [d for d in datasets if d.info.role == "ood"]
-    if fit_data is not None and id_data is not None and fit_data.info.key == id_data.info.key:
+    if fit_data is not None and fit_data.info.key == id_data.info.key:
         warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
 
     results = EvalResults(
@@ -130,8 +134,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
         },
         warnings=warnings,
     )
-    # Without the ID set no metric exists: its load failure is recorded and no model runs.
-    run_data = [d for d in (id_data, fit_data) if d is not None] + ood_data if id_data is not None else []
+    run_data = [id_data, *([fit_data] if fit_data is not None else []), *ood_data]
     with CellProgress(enabled=config.progress) as progress:
         for model in models:
             outputs = _model_outputs(config, model, run_data, cache, results, progress)
@@ -264,11 +267,19 @@ def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool)
             spec=spec,
             key=str(ds.key),
             size=len(ds),
-            num_classes=len(class_names) if class_names else None,
+            num_classes=_classes_present(ds, class_names),
             synthetic=bool(getattr(ds, "synthetic", False)),
         )
         loaded.append(_Data(info, ds))
     return loaded
+
+
+def _classes_present(dataset: Any, class_names: list[str] | None) -> int | None:
+    """How many classes the set's images belong to (a class subset such as digits:0-5 counts 6)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None and len(labels):
+        return int(len(np.unique(labels)))
+    return len(class_names) if class_names else None
 
 
 def _check_classes(meta: ModelMetadata, data: _Data) -> None:

@@ -139,6 +139,8 @@ def build_model(
     class_names = None
     overrides = None
     path = Path(model)
+    if path.suffix == ".onnx":
+        raise VitqbenchError(f"{path} is an ONNX file; export takes a timm name or a `vitqbench train` checkpoint")
     description = read_checkpoint_description(path) if path.suffix == ".safetensors" else None
     if path.suffix in {".safetensors", ".pth", ".pt"} and description is None:
         if path.is_file():

@@ -22,12 +22,23 @@ def write_report(results: EvalResults, out_dir: str | Path, save_outputs: bool =
         raise VitqbenchError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
     written = write_tables(results, out_dir)
     plots = write_plots(results, out_dir / "plots")
+    _remove_stale(out_dir / "plots", "*.png", plots)
     report = out_dir / "report.md"
     write_text_atomic(report, render_report(results, plots))
     written += [report, *plots]
     if save_outputs:
-        written += write_outputs(results, out_dir)
+        arrays = write_outputs(results, out_dir)
+        _remove_stale(out_dir / "outputs", "*.npz", arrays)
+        written += arrays
     return written
+
+
+def _remove_stale(folder: Path, pattern: str, kept: list[Path]) -> None:
+    """An earlier run's files in our folders would pass for this run's results."""
+    keep = {p.resolve() for p in kept}
+    for path in folder.glob(pattern) if folder.is_dir() else []:
+        if path.resolve() not in keep:
+            path.unlink(missing_ok=True)
 
 
 __all__ = [
