@@ -185,3 +185,37 @@ def test_edited_calibration_folder_requantizes_and_dropped_kwargs_reexport(tmp_p
     assert _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=kwargs), False, None)
     fewer = {k: v for k, v in kwargs.items() if k != "num_classes"}  # the file has 10 classes, timm's default 1000
     assert not _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=fewer), False, None)
+
+
+def test_openood_style_lists_under_data_root_run_end_to_end(tmp_path, run_cli):
+    """ID, OOD and calibration sets as image lists whose paths start under roots below --data-root."""
+    from PIL import Image
+
+    root = tmp_path / "openood"
+    rng = np.random.default_rng(0)
+    lists = root / "benchmark_imglist"
+    lists.mkdir(parents=True)
+    for name, count, labelled in (("id", 20, True), ("ood", 12, False)):
+        lines = []
+        for i in range(count):
+            rel = f"{name}/{i}.png"
+            (root / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "images" / rel)
+            lines.append(f"{rel} {i % 10}" if labelled else rel)
+        (lists / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    study = tmp_path / "study.toml"
+    study.write_text(
+        TINY_TOML.replace('scores = ["msp", "vim"]', 'scores = ["msp"]')
+        .replace('fit = "digits:train:n=200"\n', "")
+        .replace('id = "digits:test"', 'id = { spec = "benchmark_imglist/id.txt", root = "images" }')
+        .replace('calib = "digits:train"', 'calib = { spec = "benchmark_imglist/id.txt", root = "images" }')
+        .replace('noise = "noise:gaussian:n=60"', 'ood = { spec = "benchmark_imglist/ood.txt", root = "images" }')
+    )
+    out = tmp_path / "out"
+    args = ["sweep", study, "--data-root", root, "--out", out, "--cache-dir", tmp_path / "cache"]
+    result = run_cli(*args, "--no-pretrained", "--no-progress")
+    assert result.code == 0, result.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert {d["role"]: d["size"] for d in doc["datasets"]} == {"id": 20, "ood": 12}
+    calibration = doc["models"][1]["metadata"]["quantization"]["calibration"]
+    assert calibration["size"] == 16 and calibration["data_root"] == str(root / "images")
