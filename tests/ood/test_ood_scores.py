@@ -95,6 +95,23 @@ def test_mahalanobis_matches_openood(monkeypatch):
     np.testing.assert_allclose(score.score(None, test), openood_mahalanobis(features, labels, test), rtol=1e-9)
 
 
+def test_mahalanobis_matches_openood_on_layernormed_float32_features():
+    """LayerNorm puts features in a hyperplane: the covariance has a ~0 eigenvalue that scikit-learn's
+    pinvh drops; keeping it lets float32 noise dominate the distances."""
+    features, labels, _ = make_features(6, dim=32)
+    test = make_features(7, dim=32)[0]
+
+    def layer_norm(x):  # in float32, as the model computes it: the hyperplane is exact only to rounding
+        x = x.astype(np.float32)
+        centered = x - x.mean(1, keepdims=True)
+        return centered / centered.std(1, keepdims=True)
+
+    features, test = layer_norm(features), layer_norm(test)
+    score = create_score("mahalanobis").fit(features, labels)
+    want = openood_mahalanobis(features.astype(np.float64), labels, test.astype(np.float64))
+    np.testing.assert_allclose(score.score(None, test), want, rtol=1e-6)
+
+
 def test_knn_matches_brute_force_and_k():
     features, _, _ = make_features(4)
     test = make_features(5)[0]

@@ -160,7 +160,7 @@ class OutputCache:
         return out
 
 
-SCORE_STATE_VERSION = "2"  # bump when a score's fitting changes, so old fitted state is refitted
+SCORE_STATE_VERSION = "3"  # bump when a score's fitting changes, so old fitted state is refitted
 
 
 def score_state_key(fit_outputs_key: str, score: str, params: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ class Mahalanobis(Score):
     name = "mahalanobis"
     uses_features = True
     needs_labels = True
-    state = ("means_", "whitening_")
+    state = ("means_", "basis_", "inverse_eigenvalues_")
     feature_dtype = None
 
     def _fit(self, *, features, labels, logits, head) -> None:
@@ -44,22 +44,25 @@ class Mahalanobis(Score):
         centered = features - self.means_[inverse]
         centered -= centered.mean(0)  # zero already, up to rounding; EmpiricalCovariance does the same
         covariance = centered.T @ centered / len(centered)
-        # pinv, as scikit-learn's EmpiricalCovariance: a rank-deficient covariance (fewer samples
-        # than dimensions, dead features) still gives a usable precision.
-        precision = np.linalg.pinv(covariance, hermitian=True)
-        # d_c(x) = |xL - mu_c L|^2 with P = L L^T: scoring whitens once instead of forming [N, C, D].
-        values, vectors = np.linalg.eigh(precision)
-        self.whitening_ = vectors * np.sqrt(np.clip(values, 0.0, None))
+        # The precision is scipy's pinvh, as in scikit-learn's EmpiricalCovariance (OpenOOD's MDS):
+        # eigen-directions with |eigenvalue| <= D * eps * max|eigenvalue| are dropped. LayerNorm'd
+        # features lie in a hyperplane; np.linalg.pinv's 1e-15 cutoff kept that direction and let
+        # float32 noise in it, weighted ~1e13, dominate the distances.
+        values, vectors = np.linalg.eigh(covariance)
+        keep = np.abs(values) > len(values) * np.finfo(np.float64).eps * np.abs(values).max()
+        self.basis_, self.inverse_eigenvalues_ = vectors[:, keep], 1.0 / values[keep]
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         self.check_dim(x, self.means_.shape[1])
-        whiten = self.whitening_
-        means = self.means_ @ whiten
-        means_sq = np.sum(means**2, axis=1)
+        # d_c(x) = sum_i (z_i - m_ci)^2 / l_i in the kept eigenbasis (z = x V, m_c = mu_c V), expanded
+        # so that no [N, C, D] array exists.
+        weights = self.inverse_eigenvalues_
+        means = self.means_ @ self.basis_
+        means_sq = np.sum(means**2 * weights, axis=1)
         out = np.empty(len(x))
         for rows in _chunks(len(x), 8 * max(len(means), x.shape[1])):
-            z = x[rows].astype(np.float64) @ whiten
-            dist = np.sum(z**2, axis=1)[:, None] - 2.0 * (z @ means.T) + means_sq[None, :]
+            z = x[rows].astype(np.float64) @ self.basis_
+            dist = np.sum(z**2 * weights, axis=1)[:, None] - 2.0 * ((z * weights) @ means.T) + means_sq[None, :]
             out[rows] = -dist.min(1)
         return out
 
