@@ -124,7 +124,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     check = export_model(str(checkpoint), fp32, seed=config.seed).verification
     console.print(f"{fp32}: max |delta logits| vs PyTorch {check.max_abs_logits:.1e}")
 
-    console.rule("[3/4] quantize: int8 static QDQ (calibrated), int4 block-wise (our pass)")
+    console.rule("[3/4] quantize: int8 static QDQ, int4 block-wise gptq (our pass), both calibrated")
     calib = CalibConfig(data=data.train, size=config.calib_size, seed=config.seed, cache_dir=config.cache_dir)
     for bits in (8, 4):
         path = models / f"int{bits}.onnx"

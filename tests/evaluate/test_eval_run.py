@@ -70,6 +70,7 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
     sizes = {d["name"]: d["size"] for d in doc["datasets"]}
     assert sizes == {ID: 360, "fit": 400, "photos": 120, "noise": 100}
     assert doc["versions"]["onnxruntime"] and doc["settings"]["seed"] == 0
+    assert "dim" in {s["name"]: s["params"] for s in doc["scores"]}["vim"]  # defaults are recorded too
     labels = [m["label"] for m in doc["models"]]
     scores = SCORES.split(",")
     # One csv row per model x dataset x score (the ID set: one per model), each equal to the json.
@@ -98,6 +99,8 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
                 assert m.fpr95 == pytest.approx(float(by_key[(label, name, score)]["fpr95"]), abs=1e-12)
                 row = by_key[(label, name, score)]
                 assert m.fpr95_ood_positive == pytest.approx(float(row["fpr95_ood_positive"]), abs=1e-12)
+        fit_npz = np.load(out / "outputs" / f"{label}__fit.npz")  # what fitted scores are refitted from
+        assert fit_npz["features"].shape == (400, 64) and len(fit_npz["labels"]) == 400
         mean = by_key[(label, "mean", "energy")]
         per_set = [float(by_key[(label, name, "energy")]["aupr_out"]) for name in OOD]
         assert float(mean["aupr_out"]) == pytest.approx(np.mean(per_set))

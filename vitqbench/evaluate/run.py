@@ -116,7 +116,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
         models=[m.info for m in models],
         datasets=[d.info for d in datasets],
         scores=[
-            {"name": s.label, "score": s.name, "params": s.params, "needs_fit": s.create().needs_fit} for s in specs
+            {"name": s.label, "score": s.name, "params": s.create().params(), "needs_fit": s.create().needs_fit}
+            for s in specs
         ],
         id_metrics=[],
         ood_metrics=[],
@@ -389,7 +390,8 @@ def _score_model(
                 ece=float(expected_calibration_error(id_out.logits, id_out.labels)),
             )
         )
-    for data in [id_data, *ood_data]:
+    # The fit set too: with its features, every fitted score can be recomputed from --save-outputs.
+    for data in [id_data, *([fit_data] if fit_data is not None else []), *ood_data]:
         if data.info.name in outputs:
             out = outputs[data.info.name]
             results.samples[(label, data.info.name)] = {
