@@ -101,7 +101,7 @@ def table(records: list[BenchRecord]) -> tuple[list[str], list[list[str]]]:
     """Column names and display rows, shared by the terminal table and the markdown table."""
     gpu = any(r.peak_gpu_mb is not None for r in records)
     columns = ["model", "prec", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "speed-up",
-               "RSS MB", "RSS ratio", "file MB", "load s"] + (["GPU MB"] if gpu else [])
+               "RSS MiB", "RSS ratio", "file MiB", "load s"] + (["GPU MiB"] if gpu else [])
     rows = []
     for r in records:
         head = [r.model, r.precision or "-", str(r.batch)]

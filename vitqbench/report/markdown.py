@@ -107,14 +107,14 @@ def _models_table(results: EvalResults) -> list[str]:
             m.precision,
             m.display_name,
             _weights(m),
-            f"{m.size_bytes / 1e6:.1f}",
+            f"{m.size_bytes / 2**20:.1f}",
             "(reference)" if m.baseline in (None, m.label) else m.baseline,
             m.sha256[:12],
         ]
         for m in results.models
     ]
     return ["## Models", ""] + _table(
-        ["model", "precision", "timm model", "weights", "size (MB)", "baseline", "sha256"], rows
+        ["model", "precision", "timm model", "weights", "size (MiB)", "baseline", "sha256"], rows
     )
 
 
