@@ -149,6 +149,11 @@ def model_files(path: str | Path, model: onnx.ModelProto | None = None) -> list[
     return [path, *(path.parent / name for name in sorted(locations))]
 
 
+def model_size_bytes(path: str | Path, model: onnx.ModelProto | None = None) -> int:
+    """Bytes on disk of the model and its external-data files."""
+    return sum(f.stat().st_size for f in model_files(path, model) if f.is_file())
+
+
 def model_sha256(path: str | Path) -> str:
     """A content hash of the model with its external-data files: changed weights give a new hash."""
     files = model_files(path)

@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.metadata import METADATA_KEY, get_metadata, load_onnx, model_files
+from vitqbench.metadata import METADATA_KEY, get_metadata, load_onnx, model_size_bytes
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -77,7 +77,7 @@ def inspect_onnx(path: str | Path) -> Target:
         input_shape=(int(chw[0]), int(chw[1]), int(chw[2])),
         dtype=dtype,
         fixed_batch=dims[0] or None,
-        model_mb=sum(f.stat().st_size for f in model_files(path, model) if f.is_file()) / 2**20,
+        model_mb=model_size_bytes(path, model) / 2**20,
         precision=meta.precision if meta else None,
         timm_name=meta.timm_name if meta else None,
         model_kwargs=dict(meta.model_kwargs) if meta else {},

@@ -32,7 +32,7 @@ from vitqbench.evaluate.results import (
 )
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
 from vitqbench.evaluate.state import fitted_score
-from vitqbench.metadata import ModelMetadata, model_files, model_sha256, read_metadata
+from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
 from vitqbench.runtime import resolve_provider
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
@@ -174,7 +174,7 @@ def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
             label=label,
             path=str(path),
             sha256=model_sha256(path),
-            size_bytes=sum(f.stat().st_size for f in model_files(path) if f.is_file()),
+            size_bytes=model_size_bytes(path),
             precision=meta.precision,
             display_name=meta.display_name,
             baseline=None,
