@@ -102,11 +102,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
         raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
     _assign_baselines(config, models, warnings)
     datasets = _load_datasets(config, failures, needs_fit=bool(fit_specs))
-    id_data = next((d for d in datasets if d.info.role == "id"), None)
-    if id_data is None:  # nothing can be measured; an OOD or fit set that fails only costs its own cells
-        name = config.id_name or config.id
-        reason = next((f.message for f in failures if f.dataset == name), "it could not be loaded")
-        raise VitqbenchError(f"ID set {name}: {reason}")
+    id_data = next(d for d in datasets if d.info.role == "id")
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
     ood_data = [d for d in datasets if d.info.role == "ood"]
     if fit_data is not None and fit_data.info.key == id_data.info.key:
@@ -255,11 +251,11 @@ def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool)
             ds = load_dataset(spec, data_root=root, strict=config.strict, seed=config.seed)
             if len(ds) == 0:
                 raise VitqbenchError(f"{spec} holds no images")
-        except VitqbenchError as exc:
-            failures.append(Failure(None, name, "load-data", str(exc)))
-            continue
-        except Exception as exc:  # a broken dataset must not stop the other cells
-            failures.append(Failure(None, name, "load-data", f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a broken OOD or fit set must not stop the other cells
+            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+            if role == "id":  # without it nothing can be measured: stop before anything runs
+                raise VitqbenchError(f"ID set {name}: {message}") from exc
+            failures.append(Failure(None, name, "load-data", message))
             continue
         class_names = getattr(ds, "class_names", None)
         info = DatasetInfo(
