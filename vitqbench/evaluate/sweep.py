@@ -9,9 +9,11 @@ full-precision model of its own family, which is evaluated even when [[precision
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -193,6 +195,7 @@ class SweepOptions:
 
 def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     """Export and quantize what is missing, then evaluate every model file in one eval run."""
+    from vitqbench.data import load_dataset
     from vitqbench.evaluate.cache import resolve_cache_dir
 
     if options.data_root is not None and not options.data_root.is_dir():
@@ -206,6 +209,8 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     labels: list[str] = []
     baseline_of: dict[str, str] = {}
     calib, calib_root = _calib_source(config, options)
+    # The calibration set's content key, read once per run and only if a precision calibrates.
+    calib_key = functools.cache(lambda: load_dataset(calib, data_root=calib_root, seed=config.seed).key)
     for model in config.models:
         fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
         try:
@@ -219,7 +224,9 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             path = fp32 if precision.bits is None else models_dir / f"{label}.onnx"
             if precision.bits is not None:
                 try:
-                    _ensure_quantized(fp32, path, precision, calib, calib_root, config, cache_root, options.progress)
+                    _ensure_quantized(
+                        fp32, path, precision, calib, calib_root, calib_key, config, cache_root, options.progress
+                    )
                 except VitqbenchError as exc:
                     failures.append(Failure(label, None, "quantize", str(exc)))
                     continue
@@ -343,11 +350,11 @@ def _ensure_quantized(
     precision: SweepPrecision,
     calib: str | None,
     calib_root: Path | None,
+    calib_key: Callable[[], str],
     config: SweepConfig,
     cache_root: Path,
     progress: bool,
 ) -> None:
-    from vitqbench.data import load_dataset
     from vitqbench.quant import CalibConfig, Int8Config, quantize_model
 
     calib_config = (
@@ -375,7 +382,7 @@ def _ensure_quantized(
         "calib": calib if calib_config else None,
         "calib_root": str(calib_root.resolve()) if calib_config and calib_root else None,
         # The content key: an edited folder or image list is a new calibration set.
-        "calib_key": load_dataset(calib, data_root=calib_root, seed=config.seed).key if calib_config else None,
+        "calib_key": calib_key() if calib_config else None,
         "calib_size": config.calib_size,
         "seed": config.seed,
         "parent_sha256": parent_sha,
