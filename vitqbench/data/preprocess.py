@@ -31,6 +31,11 @@ PIL_INTERPOLATION = {
 CROP_MODES = ("center", "squash", "border")
 
 
+def check_interpolation(name: str, what: str = "interpolation") -> None:
+    if name not in PIL_INTERPOLATION:
+        raise VitqbenchError(f"unknown {what} {name!r} (one of {', '.join(PIL_INTERPOLATION)})")
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Everything that decides the cached uint8 pixels (not mean/std: those apply on the fly)."""
@@ -48,10 +53,7 @@ class Geometry:
         channels, height, width = (int(v) for v in config.input_size)
         if channels not in (1, 3):
             raise VitqbenchError(f"models with {channels} input channels are not supported (only 1 or 3)")
-        if config.interpolation not in PIL_INTERPOLATION:
-            raise VitqbenchError(
-                f"unknown interpolation {config.interpolation!r} (one of {', '.join(PIL_INTERPOLATION)})"
-            )
+        check_interpolation(config.interpolation)
         if config.crop_mode not in CROP_MODES:
             raise VitqbenchError(f"unknown crop_mode {config.crop_mode!r} (one of {', '.join(CROP_MODES)})")
         if len(config.mean) != channels or len(config.std) != channels:

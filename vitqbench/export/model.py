@@ -212,12 +212,9 @@ def data_config_for(
     if std is not None:
         config["std"] = std
     if interpolation is not None:
-        from vitqbench.data.preprocess import PIL_INTERPOLATION
+        from vitqbench.data.preprocess import check_interpolation
 
-        if interpolation not in PIL_INTERPOLATION:
-            raise VitqbenchError(
-                f"unknown --interpolation {interpolation!r} (one of {', '.join(PIL_INTERPOLATION)})"
-            )
+        check_interpolation(interpolation, "--interpolation")
         config["interpolation"] = interpolation
     if crop_pct is not None:
         if not 0 < crop_pct <= 1:
