@@ -27,10 +27,6 @@ console = Console(soft_wrap=True, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
-def _not_available(command: str, issue: str) -> None:
-    raise VitqbenchError(f"`vitqbench {command}` is not available yet ({issue})")
-
-
 # ---------------------------------------------------------------------------------------------- export
 def parse_model_kwargs(pairs: list[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are Python literals (never evaluated), else plain strings."""
