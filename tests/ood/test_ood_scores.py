@@ -127,7 +127,8 @@ def test_knn_chunks_give_the_same_answer(monkeypatch):
     test = make_features(5)[0]
     whole = create_score("knn", k=3).fit(features).score(None, test)
     monkeypatch.setattr(fs, "CHUNK_BYTES", 4 * len(features) * 3)  # 3-row chunks
-    np.testing.assert_array_equal(create_score("knn", k=3).fit(features).score(None, test), whole)
+    # float32 GEMMs of different row counts may take different BLAS kernels: equal to float32 rounding
+    np.testing.assert_allclose(create_score("knn", k=3).fit(features).score(None, test), whole, rtol=2e-6)
 
 
 def test_knn_is_scale_invariant():
