@@ -248,8 +248,14 @@ def bench(
 @app.command("eval")
 def eval_(
     model: list[Path] = typer.Option(..., "--model", "-m", help="A vitqbench ONNX file (repeatable)."),
-    id_: str = typer.Option(..., "--id", help="ID DATA: folder, image list or built-in (digits:test)."),
-    ood: list[str] = typer.Option([], "--ood", help="OOD set as NAME=DATA (repeatable)."),
+    id_: str = typer.Option(
+        ..., "--id", help="ID set as [NAME=]DATA: folder, image list or built-in (digits:test)."
+    ),
+    ood: list[str] = typer.Option(
+        [],
+        "--ood",
+        help="OOD set as [near:|far:]NAME=DATA (repeatable); OpenOOD's near/far groups are averaged apart.",
+    ),
     fit: str | None = typer.Option(None, "--fit", help="DATA the feature scores are fitted on (ID train)."),
     scores: str | None = typer.Option(
         None, "--scores", help="Comma-separated scores, NAME[:KEY=VALUE]... (default: every score that can run)."
@@ -272,12 +278,16 @@ def eval_(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
-    from vitqbench.evaluate import EvalConfig, finish_run, parse_ood_args
+    from vitqbench.evaluate import EvalConfig, finish_run, parse_id_arg, parse_ood_args
 
+    ood_specs, ood_groups = parse_ood_args(ood)
+    id_name, id_spec = parse_id_arg(id_)
     config = EvalConfig(
         models=list(model),
-        id=id_,
-        ood=parse_ood_args(ood),
+        id=id_spec,
+        id_name=id_name,
+        ood=ood_specs,
+        ood_groups=ood_groups,
         fit=fit,
         scores=scores,
         baseline=baseline,

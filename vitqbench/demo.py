@@ -32,6 +32,7 @@ class DemoData:
     id: str
     ood: dict[str, str]
     model_kwargs: dict = field(default_factory=dict)
+    ood_groups: dict[str, str] = field(default_factory=dict)  # noise is synthetic by itself
 
 
 def _fashion_available() -> bool:
@@ -51,6 +52,7 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
             id="digits:test:0-5",
             ood={"digits-6-9": "digits:6-9", **far, "noise": f"noise:gaussian:n={ood_size}"},
             model_kwargs={"img_size": 16},  # 8x8 digits: 16x16 input in 4x4 patches, 16 tokens
+            ood_groups={"digits-6-9": "near", **{name: "far" for name in far}},
         )
     if dataset == "fashion-mnist":
         if not fashion:
@@ -67,6 +69,7 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
                 "photos": "photos",
                 "noise": f"noise:gaussian:n={ood_size}",
             },
+            ood_groups={"fashion-6-9": "near", "digits": "far", "photos": "far"},
         )
     raise VitqbenchError(f"unknown demo dataset {dataset!r}; choose digits or fashion-mnist")
 
@@ -137,6 +140,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
         id=data.id,
         id_name=data.id,
         ood=data.ood,
+        ood_groups=data.ood_groups,
         fit=data.train,
         scores=config.scores,
         cache_dir=config.cache_dir,

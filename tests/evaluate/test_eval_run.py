@@ -74,7 +74,8 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
     labels = [m["label"] for m in doc["models"]]
     scores = SCORES.split(",")
     # One csv row per model x dataset x score (the ID set: one per model), each equal to the json.
-    assert len(rows) == len(labels) * (1 + (len(OOD) + 1) * len(scores))
+    # Means: over the real sets (photos) and over the synthetic group (noise, never in a headline mean).
+    assert len(rows) == len(labels) * (1 + (len(OOD) + 2) * len(scores))
     by_key = {(r["model"], r["dataset"], r["score"]): r for r in rows}
     for m in doc["ood_metrics"]:
         row = by_key[(m["model"], m["dataset"], m["score"])]
@@ -101,9 +102,10 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
                 assert m.fpr95_ood_positive == pytest.approx(float(row["fpr95_ood_positive"]), abs=1e-12)
         fit_npz = np.load(out / "outputs" / f"{label}__fit.npz")  # what fitted scores are refitted from
         assert fit_npz["features"].shape == (400, 64) and len(fit_npz["labels"]) == 400
-        mean = by_key[(label, "mean", "energy")]
-        per_set = [float(by_key[(label, name, "energy")]["aupr_out"]) for name in OOD]
-        assert float(mean["aupr_out"]) == pytest.approx(np.mean(per_set))
+        for mean, members in (("mean", ["photos"]), ("mean:synthetic", ["noise"])):
+            per_set = [float(by_key[(label, name, "energy")]["aupr_out"]) for name in members]
+            assert float(by_key[(label, mean, "energy")]["aupr_out"]) == pytest.approx(np.mean(per_set))
+        assert by_key[(label, "noise", "energy")]["group"] == "synthetic"
 
 
 def test_deltas_are_relative_to_the_baseline(first_run):

@@ -25,8 +25,11 @@ def test_score_specs_parse_params_and_reject_bad_input():
 
 
 def test_ood_args():
-    assert parse_ood_args(["a=photos", "b = noise:gaussian:n=5"]) == {"a": "photos", "b": "noise:gaussian:n=5"}
-    for bad in (["photos"], ["a=x", "a=y"], ["mean=x"], ["=x"]):
+    assert parse_ood_args(["a=photos", "b = noise:gaussian:n=5"]) == ({"a": "photos", "b": "noise:gaussian:n=5"}, {})
+    specs, groups = parse_ood_args(["near:ssb=l.txt:n=5", "far:tex=dtd", "synthetic:z=noise:uniform"])
+    assert specs == {"ssb": "l.txt:n=5", "tex": "dtd", "z": "noise:uniform"}
+    assert groups == {"ssb": "near", "tex": "far", "z": "synthetic"}
+    for bad in (["photos"], ["a=x", "a=y"], ["mean=x"], ["=x"], ["middle:a=x"], ["near:=x"], ["near:a:b=x"]):
         with pytest.raises(VitqbenchError):
             parse_ood_args(bad)
 

@@ -3,7 +3,7 @@
 from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.evaluate.results import EvalResults
 from vitqbench.evaluate.run import EvalConfig, run_eval
-from vitqbench.evaluate.summary import finish_run, parse_ood_args, print_summary
+from vitqbench.evaluate.summary import finish_run, parse_id_arg, parse_ood_args, print_summary
 
 __all__ = [
     "EvalConfig",
@@ -11,6 +11,7 @@ __all__ = [
     "OutputCache",
     "Outputs",
     "finish_run",
+    "parse_id_arg",
     "parse_ood_args",
     "print_summary",
     "run_eval",

@@ -18,7 +18,30 @@ ID_METRICS = ("top1", "top5", "ece")
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_ood_positive")
 # Lower is better for these; the report marks which direction a delta goes.
 LOWER_IS_BETTER = {"ece", "fpr95", "fpr95_ood_positive"}
-MEAN = "mean"  # the pseudo OOD set holding averages over the OOD sets
+MEAN = "mean"  # the pseudo OOD set holding averages over the real (non-synthetic) OOD sets
+# OpenOOD v1.5 reports near-OOD and far-OOD separately; synthetic sets (noise) are a sanity check,
+# averaged on their own and never part of a headline mean.
+NEAR, FAR, SYNTHETIC = "near", "far", "synthetic"
+OOD_GROUPS = (NEAR, FAR, SYNTHETIC)
+
+
+def group_mean(group: str) -> str:
+    """The pseudo OOD set holding one group's average (``mean:near``); set names never hold ':'."""
+    return f"{MEAN}:{group}"
+
+
+def mean_title(mean: str) -> str:
+    """How tables and plots name a mean: ``mean:near`` -> ``near-OOD``, ``mean`` -> ``all real OOD``."""
+    group = mean.partition(":")[2]
+    return {"": "all real OOD", SYNTHETIC: "synthetic"}.get(group, f"{group}-OOD")
+
+
+def mean_members(datasets: list[DatasetInfo]) -> dict[str, list[str]]:
+    """Each mean pseudo set -> the OOD sets it averages (only means with at least one set)."""
+    ood = [d for d in datasets if d.role == "ood"]
+    out = {MEAN: [d.name for d in ood if d.group != SYNTHETIC]}
+    out.update({group_mean(g): [d.name for d in ood if d.group == g] for g in OOD_GROUPS})
+    return {name: members for name, members in out.items() if members}
 
 
 @dataclass
@@ -43,6 +66,7 @@ class DatasetInfo:
     num_classes: int | None
     synthetic: bool
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    group: str | None = None  # OOD sets: near, far or synthetic; None: ungrouped (in the overall mean only)
 
 
 @dataclass
@@ -121,6 +145,22 @@ class EvalResults:
     @property
     def ood_datasets(self) -> list[str]:
         return [d.name for d in self.datasets if d.role == "ood"]
+
+    @property
+    def means(self) -> list[str]:
+        """The mean pseudo sets this run has, overall first."""
+        return list(mean_members(self.datasets))
+
+    @property
+    def headline_means(self) -> list[str]:
+        """What summaries show: near and far means, the overall mean when a real set is ungrouped;
+        the synthetic mean only when nothing else exists."""
+        members = mean_members(self.datasets)
+        ungrouped = any(d.role == "ood" and d.group is None for d in self.datasets)
+        out = [m for m in (group_mean(NEAR), group_mean(FAR)) if m in members]
+        if ungrouped or (not out and MEAN in members):
+            out.append(MEAN)
+        return out or [m for m in members if m == group_mean(SYNTHETIC)]
 
     @property
     def score_names(self) -> list[str]:

@@ -21,7 +21,9 @@ from vitqbench.evaluate.inference import run_cell
 from vitqbench.evaluate.progress import CellProgress
 from vitqbench.evaluate.results import (
     MEAN,
+    OOD_GROUPS,
     OOD_METRICS,
+    SYNTHETIC,
     DatasetInfo,
     EvalResults,
     Failure,
@@ -29,6 +31,7 @@ from vitqbench.evaluate.results import (
     ModelInfo,
     OodMetrics,
     compute_deltas,
+    mean_members,
 )
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
 from vitqbench.evaluate.state import fitted_score
@@ -44,6 +47,7 @@ class EvalConfig:
     models: list[Path]
     id: str
     ood: dict[str, str] = field(default_factory=dict)  # OOD set name -> DATA spec
+    ood_groups: dict[str, str] = field(default_factory=dict)  # OOD set name -> near, far or synthetic
     id_name: str | None = None  # how tables name the ID set; default its spec
     fit: str | None = None  # DATA spec the feature scores are fitted on
     scores: str | list[str] | None = None  # "msp,energy,knn:k=50"; None: every score that can run
@@ -84,8 +88,13 @@ def run_eval(config: EvalConfig) -> EvalResults:
     if config.threads is not None and config.threads < 1:
         raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
     for name in config.ood:
-        if name in {config.id_name or config.id, FIT, MEAN}:
-            raise VitqbenchError(f"OOD set name {name!r} clashes with the ID set, the fit set or {MEAN!r}")
+        if name in {config.id_name or config.id, FIT, MEAN} or ":" in name:
+            raise VitqbenchError(
+                f"OOD set name {name!r} clashes with the ID set, the fit set or {MEAN!r} (or holds ':')"
+            )
+    for name, group in config.ood_groups.items():
+        if group not in OOD_GROUPS or name not in config.ood:
+            raise VitqbenchError(f"OOD set {name!r}: group {group!r} is not one of {', '.join(OOD_GROUPS)}")
     specs = parse_score_specs(config.scores) if config.scores else default_score_specs(config.fit is not None)
     fit_specs = [s for s in specs if s.create().needs_fit]
     if fit_specs and config.fit is None:
@@ -100,13 +109,18 @@ def run_eval(config: EvalConfig) -> EvalResults:
     models = _load_models(config, failures)
     if not models:
         raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
+    _check_heads(models, specs)
+    dropped = dropped_feature_scores(config)
+    if dropped:
+        warnings.append(f"feature scores {', '.join(dropped)} skipped: they need --fit DATA (e.g. the ID training set)")
     _assign_baselines(config, models, warnings)
-    datasets = _load_datasets(config, failures, needs_fit=bool(fit_specs))
+    datasets = _load_datasets(config, failures, warnings, needs_fit=bool(fit_specs))
     id_data = next(d for d in datasets if d.info.role == "id")
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
     ood_data = [d for d in datasets if d.info.role == "ood"]
     if fit_data is not None and fit_data.info.key == id_data.info.key:
         warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
+    warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
 
     results = EvalResults(
         models=[m.info for m in models],
@@ -137,6 +151,9 @@ def run_eval(config: EvalConfig) -> EvalResults:
             outputs = _model_outputs(config, model, run_data, cache, results, progress)
             _score_model(config, model, specs, outputs, id_data, fit_data, ood_data, cache_root, results)
             del outputs  # one model's outputs in memory at a time
+    if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
+        reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
+        raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
     for data in datasets:  # unreadable images are only known once decoded (or restored from a cache)
         data.info.skipped = [(str(p), str(r)) for p, r in data.dataset.skipped]
     results.deltas = compute_deltas(results.models, results.id_metrics, results.ood_metrics)
@@ -178,6 +195,25 @@ def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
         )
         models.append(_Model(info, meta))
     return models
+
+
+def dropped_feature_scores(config: EvalConfig) -> list[str]:
+    """The default scores left out because no fit set was given (the CLI says so in one line)."""
+    if config.scores or config.fit is not None:
+        return []
+    kept = {s.label for s in default_score_specs(False)}
+    return [s.label for s in default_score_specs(True) if s.label not in kept]
+
+
+def _check_heads(models: list[_Model], specs: list[ScoreSpec]) -> None:
+    """A score reading the classifier head cannot run on a model without one: refuse before inference."""
+    needs = [s.label for s in specs if getattr(s.create(), "needs_head", False)]
+    headless = [m.info.label for m in models if m.meta.head is None]
+    if needs and headless:
+        raise VitqbenchError(
+            f"score(s) {', '.join(needs)} need a single classifier head, which {', '.join(headless)} "
+            "does not have (e.g. a distilled DeiT's two heads): drop those scores or those models"
+        )
 
 
 def _unique_labels(paths: list[Path]) -> list[str]:
@@ -237,7 +273,19 @@ def _match_model(name: str, models: list[_Model]) -> str:
     raise VitqbenchError(f"--baseline {name} is none of the given models that loaded")
 
 
-def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool) -> list[_Data]:
+def _group(config: EvalConfig, name: str, dataset: Any, warnings: list[str]) -> str | None:
+    """Synthetic data is its own group whatever it was given: it must not move a headline mean."""
+    group = config.ood_groups.get(name)
+    if getattr(dataset, "synthetic", False):
+        if group not in (None, SYNTHETIC):
+            warnings.append(f"OOD set {name} is synthetic: grouped as {SYNTHETIC}, not {group}")
+        return SYNTHETIC
+    return group
+
+
+def _load_datasets(
+    config: EvalConfig, failures: list[Failure], warnings: list[str], needs_fit: bool
+) -> list[_Data]:
     from vitqbench.data import load_dataset
 
     wanted = [(config.id, "id", config.id_name or config.id)]
@@ -266,6 +314,7 @@ def _load_datasets(config: EvalConfig, failures: list[Failure], needs_fit: bool)
             size=len(ds),
             num_classes=_classes_present(ds, class_names),
             synthetic=bool(getattr(ds, "synthetic", False)),
+            group=_group(config, name, ds, warnings) if role == "ood" else None,
         )
         loaded.append(_Data(info, ds))
     return loaded
@@ -277,6 +326,25 @@ def _classes_present(dataset: Any, class_names: list[str] | None) -> int | None:
     if labels is not None and len(labels):
         return int(len(np.unique(labels)))
     return len(class_names) if class_names else None
+
+
+def _class_name_warnings(models: list[_Model], datasets: list[_Data]) -> list[str]:
+    """Labels come from sorted folder position: folder i must be the model's class i, or top-1 is wrong."""
+    out = []
+    for data in datasets:
+        folders = getattr(data.dataset, "class_names", None)
+        if not folders or getattr(data.dataset, "origin", "") != "files":
+            continue
+        for names in {tuple(m.meta.class_names) for m in models if m.meta.class_names}:
+            pairs = list(zip(folders, names, strict=False))
+            wrong = [(i, f, n) for i, (f, n) in enumerate(pairs) if str(f) != str(n)]
+            if wrong:
+                i, folder, name = wrong[0]
+                out.append(
+                    f"{data.info.name}: {len(wrong)} of {len(pairs)} class folder names differ from the model's "
+                    f"class names (label {i}: folder {folder!r}, model {name!r}); labels follow sorted folder order"
+                )
+    return out
 
 
 def _check_classes(meta: ModelMetadata, data: _Data) -> None:
@@ -443,18 +511,20 @@ def _score_model(
                 )
             )
         results.ood_metrics.extend(rows)
-        loaded_ood = [d.info.name for d in ood_data]
-        if rows and len(rows) == len(loaded_ood):
-            means = {k: float(np.mean([getattr(r, k) for r in rows])) for k in OOD_METRICS}
+        by_set = {r.dataset: r for r in rows}
+        for mean, members in mean_members([d.info for d in ood_data]).items():
+            if not all(name in by_set for name in members):
+                continue  # a failed set would bias the mean: leave it out rather than mislead
+            group = [by_set[name] for name in members]
             results.ood_metrics.append(
                 OodMetrics(
                     model=label,
-                    dataset=MEAN,
+                    dataset=mean,
                     score=spec.label,
                     n_id=len(id_scores),
-                    n_ood=sum(r.n_ood for r in rows),
-                    n_nonfinite=sum(r.n_nonfinite for r in rows),
-                    **means,
+                    n_ood=sum(r.n_ood for r in group),
+                    n_nonfinite=sum(r.n_nonfinite for r in group),
+                    **{k: float(np.mean([getattr(r, k) for r in group])) for k in OOD_METRICS},
                 )
             )
 
@@ -469,7 +539,9 @@ def _score(score: Any, out: Outputs) -> np.ndarray:
 def _settings(config: EvalConfig) -> dict[str, Any]:
     return {
         "id": config.id,
+        "id_name": config.id_name or config.id,
         "ood": dict(config.ood),
+        "ood_groups": dict(config.ood_groups),
         "fit": config.fit,
         "scores": config.scores,
         "baseline": config.baseline,

@@ -8,24 +8,51 @@ from rich.console import Console
 from rich.table import Table
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import MEAN, EvalResults
+from vitqbench.evaluate.results import MEAN, OOD_GROUPS, EvalResults, mean_title
 from vitqbench.evaluate.run import EvalConfig, run_eval
 
 
-def parse_ood_args(items: list[str]) -> dict[str, str]:
-    """``["photos=photos", "noise=noise:gaussian"]`` to ``{name: spec}``; names must be unique."""
-    out: dict[str, str] = {}
+def parse_ood_args(items: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``["near:ssb=list.txt", "noise=noise:gaussian"]`` to ``({name: spec}, {name: group})``.
+
+    ``GROUP:NAME=DATA`` puts a set in OpenOOD's near or far group (or synthetic); names are unique.
+    """
+    specs: dict[str, str] = {}
+    groups: dict[str, str] = {}
     for item in items:
         name, sep, spec = item.partition("=")
         name, spec = name.strip(), spec.strip()
-        if not sep or not name or not spec:
-            raise VitqbenchError(f"--ood expects NAME=DATA, got {item!r}")
-        if name in out:
+        group, colon, rest = name.partition(":")
+        if colon:
+            if group not in OOD_GROUPS:
+                raise VitqbenchError(
+                    f"--ood {item!r}: {group!r} is no OOD group; write [near:|far:|synthetic:]NAME=DATA"
+                )
+            name = rest.strip()
+            groups[name] = group
+        if not sep or not name or not spec or ":" in name:
+            raise VitqbenchError(f"--ood expects [near:|far:|synthetic:]NAME=DATA, got {item!r}")
+        if name in specs:
             raise VitqbenchError(f"OOD set name {name!r} is given twice")
         if name == MEAN:
             raise VitqbenchError(f"OOD set name {MEAN!r} is reserved for the average over OOD sets")
-        out[name] = spec
-    return out
+        specs[name] = spec
+    return specs, groups
+
+
+def parse_id_arg(text: str) -> tuple[str | None, str]:
+    """``--id imagenet=~/val`` names the ID set; a bare DATA (``digits:test:n=30``) is its own name.
+
+    The text before ``=`` is a name only when it could not be part of a DATA spec (no ``:`` or ``/``)
+    and the whole text is not an existing path.
+    """
+    name, sep, spec = text.partition("=")
+    name, spec = name.strip(), spec.strip()
+    if not sep or ":" in name or "/" in name or Path(text).expanduser().exists():
+        return None, text
+    if not name or not spec:
+        raise VitqbenchError(f"--id expects DATA or NAME=DATA, got {text!r}")
+    return name, spec
 
 
 def finish_run(
@@ -57,26 +84,28 @@ def raise_failures(results: EvalResults, out_dir: Path) -> None:
 
 
 def print_summary(results: EvalResults, console: Console) -> None:
+    """ID accuracy and, for the first score, AUROC and FPR@95 of each headline mean (near, far)."""
     score = results.score_names[0] if results.score_names else None
-    table = Table(title="vitqbench eval" + (f" (mean over OOD sets, {score})" if score else ""))
-    for column in ("model", "precision", "top-1 %", "Δ top-1", "AUROC %", "AUPR-out %", "FPR@95 %"):
+    means = results.headline_means if score else []
+    table = Table(title="vitqbench eval" + (f" (score {score}; means over OOD groups)" if score else ""))
+    columns = ["model", "precision", "top-1 %", "Δ top-1"]
+    columns += [f"{metric} {mean_title(m)} %" for m in means for metric in ("AUROC", "FPR@95")]
+    for column in columns:
         left = column in ("model", "precision")
         width = max([len(m.label) for m in results.models] + [5]) if column == "model" else None
         table.add_column(column, justify="left" if left else "right", min_width=width)
     for m in results.models:
         id_row = results.id_metric(m.label)
         d = results.delta(m.label, id_row.dataset, None, "top1") if id_row else None
-        ood = results.ood_metric(m.label, MEAN, score) if score else None
-        table.add_row(
-            m.label,
-            m.precision,
-            _pct(id_row.top1 if id_row else None),
-            f"{100 * d.abs:+.2f}" if d else "",
-            _pct(ood.auroc if ood else None),
-            _pct(ood.aupr_out if ood else None),
-            _pct(ood.fpr95 if ood else None),
-        )
+        cells = [m.label, m.precision, _pct(id_row.top1 if id_row else None), f"{100 * d.abs:+.2f}" if d else ""]
+        for mean in means:
+            ood = results.ood_metric(m.label, mean, score)
+            cells += [_pct(ood.auroc if ood else None), _pct(ood.fpr95 if ood else None)]
+        table.add_row(*cells)
     console.print(table)
+    errors = Console(stderr=True, emoji=False, soft_wrap=True)
+    for warning in results.warnings:
+        errors.print(f"warning: {warning}", markup=False, highlight=False)
     random = [m.label for m in results.models if (m.metadata.get("source") or {}).get("kind") == "random"]
     if random:
         console.print(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import EvalResults, Failure
+from vitqbench.evaluate.results import OOD_GROUPS, EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
 from vitqbench.files import check_output_dir, sha256_file, write_text_atomic
 
@@ -38,6 +38,7 @@ class DataRef:
 
     spec: str
     root: str | None = None
+    group: str | None = None  # OOD sets: near, far or synthetic (OpenOOD's grouping)
 
 
 @dataclass
@@ -152,9 +153,14 @@ def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
 def _ref(value: Any, origin: str) -> DataRef:
     if isinstance(value, str):
         return DataRef(value)
-    if isinstance(value, dict) and "spec" in value and set(value) <= {"spec", "root"}:
-        return DataRef(str(value["spec"]), value.get("root"))
-    raise VitqbenchError(f"{origin}: a dataset is DATA or {{ spec = DATA, root = FOLDER }}, got {value!r}")
+    if isinstance(value, dict) and "spec" in value and set(value) <= {"spec", "root", "group"}:
+        group = value.get("group")
+        if group is not None and group not in OOD_GROUPS:
+            raise VitqbenchError(f"{origin}: group {group!r} is not one of {', '.join(OOD_GROUPS)}")
+        return DataRef(str(value["spec"]), value.get("root"), group)
+    raise VitqbenchError(
+        f"{origin}: a dataset is DATA or {{ spec = DATA, root = FOLDER, group = near|far|synthetic }}, got {value!r}"
+    )
 
 
 def _model(table: dict[str, Any], origin: str) -> SweepModel:
@@ -243,6 +249,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         id=_resolve(config.id, options.data_root),
         id_name=config.id_name,
         ood={name: _resolve(ref, options.data_root) for name, ref in config.ood.items()},
+        ood_groups={name: ref.group for name, ref in config.ood.items() if ref.group},
         fit=_resolve(config.fit, options.data_root) if config.fit else None,
         scores=config.scores,
         provider=options.provider,

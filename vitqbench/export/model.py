@@ -122,6 +122,14 @@ def read_checkpoint_description(path: Path) -> dict[str, Any] | None:
     return json.loads(text) if text else None
 
 
+def _imagenet_synsets(net: Any) -> list[str] | None:
+    """timm's synset names (``n01440764``...) for an ImageNet head, so eval can check class folders."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(net)
+    return list(ImageNetInfo(subset).label_names()) if subset else None
+
+
 def build_model(
     model: str,
     *,
@@ -176,6 +184,7 @@ def build_model(
     elif use_pretrained:
         source = {"kind": "pretrained", "tag": net.pretrained_cfg.get("tag"), "seed": None}
         tag = tag or net.pretrained_cfg.get("tag")
+        class_names = _imagenet_synsets(net)
     else:
         source = {"kind": "random", "seed": seed}
     return BuiltModel(net.eval(), arch, tag, kwargs, source, class_names, overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import LOWER_IS_BETTER, MEAN, Delta, EvalResults, ModelInfo
+from vitqbench.evaluate.results import LOWER_IS_BETTER, Delta, EvalResults, ModelInfo
 
 METRIC_TITLES = {
     "top1": "top-1 (%)",
@@ -136,7 +136,7 @@ def _id_table(results: EvalResults) -> list[str]:
 
 
 def _ood_table(results: EvalResults, metric: str, score: str) -> list[str]:
-    sets = [*results.ood_datasets, MEAN]
+    sets = [*results.ood_datasets, *results.means]
     rows = []
     for m in results.models:
         cells = []

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import ID_METRICS, MEAN, OOD_METRICS, EvalResults
+from vitqbench.evaluate.results import ID_METRICS, OOD_METRICS, EvalResults
 from vitqbench.files import write_text_atomic
 
 JSON_SCHEMA = 1
@@ -20,6 +20,7 @@ CSV_COLUMNS = [
     "baseline",
     "dataset",
     "role",
+    "group",
     "score",
     "n",
     *METRICS,
@@ -49,13 +50,15 @@ def csv_rows(results: EvalResults) -> list[dict[str, Any]]:
                 row[metric] = getattr(id_row, metric)
                 _delta_cells(row, results.delta(model.label, id_row.dataset, None, metric), metric)
             rows.append(row)
-        for dataset in [*results.ood_datasets, MEAN]:
+        groups = {d.name: d.group for d in results.datasets}
+        for dataset in [*results.ood_datasets, *results.means]:
             for score in results.score_names:
                 m = results.ood_metric(model.label, dataset, score)
                 if m is None:
                     continue
-                role = "mean" if dataset == MEAN else "ood"
-                row = {**base, "dataset": dataset, "role": role, "score": score, "n": m.n_ood}
+                role = "ood" if dataset in groups else "mean"
+                group = groups.get(dataset) if role == "ood" else dataset.partition(":")[2] or None
+                row = {**base, "dataset": dataset, "role": role, "group": group, "score": score, "n": m.n_ood}
                 for metric in OOD_METRICS:
                     row[metric] = getattr(m, metric)
                     _delta_cells(row, results.delta(model.label, dataset, score, metric), metric)
