@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from vitqbench.ood import create_score, ood_metrics
+from vitqbench.ood import ScoreInputs, create_score, ood_metrics
 from vitqbench.ood.metrics import expected_calibration_error, topk_accuracy
 
 
@@ -59,13 +59,13 @@ def main() -> None:
     timed(f"topk_accuracy k=5 {n} x {args.classes}", lambda: topk_accuracy(logits, labels, 5))
     timed(f"expected_calibration_error {n} x {args.classes}", lambda: expected_calibration_error(logits, labels))
 
-    knn = timed(f"knn k=50 fit {n} x {dim}", lambda: create_score("knn", k=50).fit(fit))
-    timed(f"knn k=50 score {n} queries vs {n}", lambda: knn.score(None, queries))
+    knn = timed(f"knn k=50 fit {n} x {dim}", lambda: create_score("knn", k=50).fit(ScoreInputs(features=fit)))
+    timed(f"knn k=50 score {n} queries vs {n}", lambda: knn.score(ScoreInputs(features=queries)))
     maha = timed(
         f"mahalanobis fit {n} x {dim}, {args.classes} classes",
-        lambda: create_score("mahalanobis").fit(fit, labels),
+        lambda: create_score("mahalanobis").fit(ScoreInputs(features=fit, labels=labels)),
     )
-    timed(f"mahalanobis score {n} queries", lambda: maha.score(None, queries))
+    timed(f"mahalanobis score {n} queries", lambda: maha.score(ScoreInputs(features=queries)))
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ def read_head(path_or_model: str | Path | onnx.ModelProto) -> tuple[np.ndarray, 
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else load_onnx(path_or_model)
     meta = get_metadata(model)
     if meta.head is None:
-        raise VitqbenchError("the model's metadata names no classifier head (needed by vim and react)")
+        raise VitqbenchError("the model's metadata names no classifier head (scores that read the head need one)")
     weight = initializer_array(model, meta.head.weight).astype(np.float32)
     if meta.head.layout == "in_out":
         weight = weight.T

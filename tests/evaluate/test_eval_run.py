@@ -269,7 +269,7 @@ def test_failing_cells_are_reported_and_the_others_finish(models, tmp_path, run_
 def test_report_and_plots_exist(first_run):
     out, _ = first_run
     report = (out / "report.md").read_text()
-    for heading in ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95 (%)", "## Models"):
+    for heading in ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95TPR (ID+) (%)", "## Models"):
         assert heading in report
     assert "tiny.int4" in report and "(reference)" in report
     plots = sorted((out / "plots").glob("*.png"))

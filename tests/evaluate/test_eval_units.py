@@ -9,7 +9,7 @@ import pytest
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import OutputCache, Outputs
-from vitqbench.evaluate.results import IdMetrics, ModelInfo, OodMetrics, compute_deltas
+from vitqbench.evaluate.results import IdMetrics, ModelInfo, OodResult, compute_deltas
 from vitqbench.evaluate.run import _unique_labels
 from vitqbench.evaluate.scoring import parse_score_specs
 from vitqbench.evaluate.summary import parse_ood_args
@@ -49,7 +49,21 @@ def test_deltas_follow_each_models_own_baseline():
     models = [_info("a", "a"), _info("a8", "a"), _info("b", "b"), _info("b4", "b")]
     top1 = {"a": 0.8, "a8": 0.6, "b": 0.5, "b4": 0.0}
     ids = [IdMetrics(m, "id", 10, t, 1.0, 0.1) for m, t in top1.items()]
-    oods = [OodMetrics(m, "o", "msp", 10, 10, auroc, 0.5, 0.5, 0.2) for m, auroc in [("a", 0.9), ("a8", 0.45)]]
+    oods = [
+        OodResult(
+            model=m,
+            dataset="o",
+            score="msp",
+            n_id=10,
+            n_ood=10,
+            auroc=auroc,
+            aupr_in=0.5,
+            aupr_out=0.5,
+            fpr95=0.2,
+            fpr95_ood_positive=0.3,
+        )
+        for m, auroc in [("a", 0.9), ("a8", 0.45)]
+    ]
     deltas = {(d.model, d.metric, d.dataset): d for d in compute_deltas(models, ids, oods)}
     assert deltas[("a8", "top1", "id")].abs == pytest.approx(-0.2)
     assert deltas[("a8", "top1", "id")].rel == pytest.approx(-0.25)

@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.ood import ood_metrics, roc_curve
+from vitqbench.ood import OOD_METRICS, mean_metrics, ood_metrics, roc_curve
 
 
 def openood_metrics(id_scores, ood_scores):
@@ -157,3 +157,24 @@ def test_roc_curve_matches_sklearn_id_positive():
     np.testing.assert_array_equal(curve.fpr, fpr)
     np.testing.assert_array_equal(curve.tpr, tpr)
     np.testing.assert_array_equal(curve.thresholds, thresholds)
+
+
+def test_metric_titles_and_directions_live_on_the_one_type():
+    infos = {m.name: m for m in OOD_METRICS}
+    assert list(infos) == KEYS
+    assert infos["fpr95"].title == "FPR@95TPR (ID+)" and infos["fpr95"].better == "lower"
+    assert infos["fpr95_ood_positive"].title == "FPR@95 (OpenOOD v1.5, OOD+)"
+    assert infos["auroc"].better == "higher"
+
+
+def test_mean_metrics_average_each_metric_and_sum_ood_counts():
+    rng = np.random.default_rng(3)
+    id_scores = np.r_[rng.normal(1, 1, 50), np.nan]
+    with pytest.warns(RuntimeWarning):
+        rows = [ood_metrics(id_scores, np.r_[rng.normal(0, 1, n), [np.nan] * bad]) for n, bad in ((30, 0), (40, 2))]
+    mean = mean_metrics(rows)
+    for key in KEYS:
+        assert getattr(mean, key) == pytest.approx((getattr(rows[0], key) + getattr(rows[1], key)) / 2)
+    assert (mean.n_id, mean.n_ood, mean.n_nonfinite_id, mean.n_nonfinite_ood) == (51, 72, 1, 2)
+    with pytest.raises(VitqbenchError, match="no metrics"):
+        mean_metrics([])

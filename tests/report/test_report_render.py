@@ -13,7 +13,7 @@ from vitqbench.evaluate.results import (
     Failure,
     IdMetrics,
     ModelInfo,
-    OodMetrics,
+    OodResult,
     compute_deltas,
 )
 from vitqbench.report import write_report
@@ -31,7 +31,18 @@ def make_results(tmp_path) -> EvalResults:
     ]
     ids = [IdMetrics("m.fp32", "id", 50, 0.8, 0.95, 0.05), IdMetrics("m.int4", "id", 50, 0.6, 0.9, float("nan"))]
     oods = [
-        OodMetrics(m, d, "msp", 50, 40, auroc, 0.7, 0.6, 0.3)
+        OodResult(
+            model=m,
+            dataset=d,
+            score="msp",
+            n_id=50,
+            n_ood=40,
+            auroc=auroc,
+            aupr_in=0.7,
+            aupr_out=0.6,
+            fpr95=0.3,
+            fpr95_ood_positive=0.4,
+        )
         for m, auroc in (("m.fp32", 0.9), ("m.int4", 0.72))
         for d in ("far", "mean")
     ]

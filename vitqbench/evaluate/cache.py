@@ -160,14 +160,11 @@ class OutputCache:
         return out
 
 
-SCORE_STATE_VERSION = "3"  # bump when a score's fitting changes, so old fitted state is refitted
-
-
-def score_state_key(fit_outputs_key: str, score: str, params: dict[str, Any]) -> str:
-    """Fitted state is a function of the fit set's outputs (model, data, provider) and every parameter
-    of the score, defaults included."""
+def score_state_key(fit_outputs_key: str, score: str, version: int, params: dict[str, Any]) -> str:
+    """Fitted state is a function of the fit set's outputs (model, data, provider), the score's
+    version (each score bumps its own when its fitting changes) and every parameter, defaults included."""
     text = json.dumps(
-        {"version": SCORE_STATE_VERSION, "fit": fit_outputs_key, "score": score, "params": params},
+        {"version": version, "fit": fit_outputs_key, "score": score, "params": params},
         sort_keys=True,
         default=str,
     )

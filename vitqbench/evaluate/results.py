@@ -12,12 +12,8 @@ from typing import Any
 
 import numpy as np
 
-ID_METRICS = ("top1", "top5", "ece")
-# fpr95: OOD accepted at 95 % ID recall (ID positive, the headline); fpr95_ood_positive: OpenOOD v1.5's
-# leaderboard FPR@95 (ID rejected at 95 % OOD recall), for comparison with its published tables.
-OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_ood_positive")
-# Lower is better for these; the report marks which direction a delta goes.
-LOWER_IS_BETTER = {"ece", "fpr95", "fpr95_ood_positive"}
+from vitqbench.ood.metrics import OOD_METRICS, MetricInfo, OODMetrics, metric, metric_infos
+
 MEAN = "mean"  # the pseudo OOD set holding averages over the real (non-synthetic) OOD sets
 # OpenOOD v1.5 reports near-OOD and far-OOD separately; synthetic sets (noise) are a sanity check,
 # averaged on their own and never part of a headline mean.
@@ -74,24 +70,23 @@ class IdMetrics:
     model: str
     dataset: str
     n: int
-    top1: float | None
-    top5: float | None
-    ece: float | None
+    top1: float | None = metric("top-1")
+    top5: float | None = metric("top-5")
+    ece: float | None = metric("ECE", lower_is_better=True)
 
 
-@dataclass
-class OodMetrics:
+@dataclass(frozen=True, kw_only=True)
+class OodResult(OODMetrics):
+    """The OOD metrics (``OODMetrics``'s fields) of one model on one OOD set for one score."""
+
     model: str
-    dataset: str  # an OOD set name, or MEAN for the average over OOD sets
+    dataset: str  # an OOD set name, or a mean pseudo set (MEAN, mean:near, ...)
     score: str
-    n_id: int
-    n_ood: int
-    auroc: float
-    aupr_in: float
-    aupr_out: float
-    fpr95: float
-    n_nonfinite: int = 0
-    fpr95_ood_positive: float = float("nan")
+
+
+ID_METRICS = metric_infos(IdMetrics)
+# Every reported metric by name (ID_METRICS, then ood's OOD_METRICS): its title and better direction.
+METRICS: dict[str, MetricInfo] = {m.name: m for m in (*ID_METRICS, *OOD_METRICS)}
 
 
 @dataclass
@@ -127,7 +122,7 @@ class EvalResults:
     datasets: list[DatasetInfo]
     scores: list[dict[str, Any]]
     id_metrics: list[IdMetrics]
-    ood_metrics: list[OodMetrics]
+    ood_metrics: list[OodResult]
     deltas: list[Delta]
     failures: list[Failure]
     settings: dict[str, Any]
@@ -172,7 +167,7 @@ class EvalResults:
     def id_metric(self, model: str) -> IdMetrics | None:
         return next((r for r in self.id_metrics if r.model == model), None)
 
-    def ood_metric(self, model: str, dataset: str, score: str) -> OodMetrics | None:
+    def ood_metric(self, model: str, dataset: str, score: str) -> OodResult | None:
         return next(
             (r for r in self.ood_metrics if (r.model, r.dataset, r.score) == (model, dataset, score)), None
         )
@@ -208,7 +203,7 @@ def _plain(obj: Any) -> Any:
 
 
 def compute_deltas(
-    models: list[ModelInfo], id_metrics: list[IdMetrics], ood_metrics: list[OodMetrics]
+    models: list[ModelInfo], id_metrics: list[IdMetrics], ood_metrics: list[OodResult]
 ) -> list[Delta]:
     """Every metric of every model that has a baseline, against that baseline's same metric."""
     id_by = {r.model: r for r in id_metrics}
@@ -220,25 +215,16 @@ def compute_deltas(
             continue
         if m.label in id_by and base in id_by:
             row, ref = id_by[m.label], id_by[base]
-            for metric in ID_METRICS:
-                _append(
-                    deltas,
-                    m.label,
-                    base,
-                    row.dataset,
-                    None,
-                    metric,
-                    getattr(row, metric),
-                    getattr(ref, metric),
-                )
+            for info in ID_METRICS:
+                name = info.name
+                _append(deltas, m.label, base, row.dataset, None, name, getattr(row, name), getattr(ref, name))
         for (model, dataset, score), row in ood_by.items():
             ref = ood_by.get((base, dataset, score))
             if model != m.label or ref is None:
                 continue
-            for metric in OOD_METRICS:
-                _append(
-                    deltas, model, base, dataset, score, metric, getattr(row, metric), getattr(ref, metric)
-                )
+            for info in OOD_METRICS:
+                name = info.name
+                _append(deltas, model, base, dataset, score, name, getattr(row, name), getattr(ref, name))
     return deltas
 
 

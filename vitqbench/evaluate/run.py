@@ -22,19 +22,18 @@ from vitqbench.evaluate.progress import CellProgress
 from vitqbench.evaluate.results import (
     MEAN,
     OOD_GROUPS,
-    OOD_METRICS,
     SYNTHETIC,
     DatasetInfo,
     EvalResults,
     Failure,
     IdMetrics,
     ModelInfo,
-    OodMetrics,
+    OodResult,
     compute_deltas,
     mean_members,
 )
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
-from vitqbench.evaluate.state import fitted_score
+from vitqbench.evaluate.state import fitted_score, score_inputs
 from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
 from vitqbench.runtime import resolve_provider
 
@@ -435,7 +434,7 @@ def _score_model(
     cache_root: Path,
     results: EvalResults,
 ) -> None:
-    from vitqbench.ood import expected_calibration_error, ood_metrics, topk_accuracy
+    from vitqbench.ood import expected_calibration_error, mean_metrics, ood_metrics, topk_accuracy
 
     label = model.info.label
     if id_data is None or id_data.info.name not in outputs:
@@ -479,7 +478,7 @@ def _score_model(
             )
             continue
         try:
-            id_scores = _score(score, id_out)
+            id_scores = _score(score, model.info, id_out)
         except Exception as exc:
             results.failures.append(Failure(label, id_name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
             continue
@@ -489,48 +488,24 @@ def _score_model(
             if name not in outputs:
                 continue
             try:
-                ood_scores = _score(score, outputs[name])
+                ood_scores = _score(score, model.info, outputs[name])
                 m = ood_metrics(id_scores, ood_scores)
             except Exception as exc:
                 results.failures.append(Failure(label, name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
                 continue
             results.samples[(label, name)][spec.label] = ood_scores
-            rows.append(
-                OodMetrics(
-                    model=label,
-                    dataset=name,
-                    score=spec.label,
-                    n_id=len(id_scores),
-                    n_ood=len(ood_scores),
-                    auroc=float(m.auroc),
-                    aupr_in=float(m.aupr_in),
-                    aupr_out=float(m.aupr_out),
-                    fpr95=float(m.fpr95),
-                    n_nonfinite=int(getattr(m, "n_nonfinite", 0)),
-                    fpr95_ood_positive=float(m.fpr95_ood_positive),
-                )
-            )
+            rows.append(OodResult(model=label, dataset=name, score=spec.label, **m.to_dict()))
         results.ood_metrics.extend(rows)
         by_set = {r.dataset: r for r in rows}
         for mean, members in mean_members([d.info for d in ood_data]).items():
             if not all(name in by_set for name in members):
                 continue  # a failed set would bias the mean: leave it out rather than mislead
-            group = [by_set[name] for name in members]
-            results.ood_metrics.append(
-                OodMetrics(
-                    model=label,
-                    dataset=mean,
-                    score=spec.label,
-                    n_id=len(id_scores),
-                    n_ood=sum(r.n_ood for r in group),
-                    n_nonfinite=sum(r.n_nonfinite for r in group),
-                    **{k: float(np.mean([getattr(r, k) for r in group])) for k in OOD_METRICS},
-                )
-            )
+            group = mean_metrics([by_set[name] for name in members])
+            results.ood_metrics.append(OodResult(model=label, dataset=mean, score=spec.label, **group.to_dict()))
 
 
-def _score(score: Any, out: Outputs) -> np.ndarray:
-    values = np.asarray(score.score(out.logits, out.features), dtype=np.float64)
+def _score(score: Any, model: ModelInfo, out: Outputs) -> np.ndarray:
+    values = np.asarray(score.score(score_inputs(score, model, out)), dtype=np.float64)
     if values.shape != (len(out),):
         raise VitqbenchError(f"score returned shape {values.shape} for {len(out)} samples")
     return values

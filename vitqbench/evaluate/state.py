@@ -1,7 +1,9 @@
-"""Fitted OOD-score state, cached per (model hash, fit set key, score, parameters)."""
+"""Fitted OOD-score state, cached per (model hash, fit set key, score, its version, parameters),
+and the input bundle each score reads."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +31,29 @@ def fitted_score(
     folder = cache_root / "scores"
     folder.mkdir(parents=True, exist_ok=True)
     fit_key = outputs_key(model.sha256, fit_info.key, provider)
-    path = folder / f"{score_state_key(fit_key, spec.name, score.params())}.npz"
+    path = folder / f"{score_state_key(fit_key, spec.name, score.version, score.params())}.npz"
     if path.is_file():
         try:
             return load_score(path)
         except VitqbenchError:  # stale or damaged state is refitted, never trusted
             path.unlink(missing_ok=True)
             score = spec.create()
-    head = _head(model) if getattr(score, "needs_head", False) else None
-    score.fit(fit_out.features, fit_out.labels, logits=fit_out.logits, head=head)
+    score.fit(score_inputs(score, model, fit_out))
     score.save(path)  # atomic: an interrupted fit leaves no state behind
     return score
 
 
-def _head(model: ModelInfo) -> tuple[Any, Any]:
+def score_inputs(score: Any, model: ModelInfo, out: Outputs) -> Any:
+    """The bundle ``score`` reads from one cell's outputs; the model's head only if it reads one."""
+    from vitqbench.ood import ScoreInputs
+
+    head = _head(model.path, model.sha256) if score.needs_head else None
+    return ScoreInputs(logits=out.logits, features=out.features, labels=out.labels, head=head)
+
+
+@functools.lru_cache(maxsize=4)
+def _head(path: str, sha256: str) -> tuple[Any, Any]:
+    """The model's classifier head, read once per model file (``sha256`` keys the content)."""
     from vitqbench.metadata import read_head
 
-    return read_head(model.path)
+    return read_head(path)

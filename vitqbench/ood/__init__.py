@@ -9,25 +9,36 @@ from vitqbench.ood import logit_scores  # noqa: F401
 from vitqbench.ood import feature_scores  # noqa: F401
 
 # isort: on
-from vitqbench.ood.base import SCORES, Score, create_score, default_score_names, load_score
+from vitqbench.ood.base import SCORES, Score, ScoreInputs, create_score, default_score_names, load_score
 from vitqbench.ood.metrics import (
+    OOD_METRICS,
+    MetricInfo,
     OODMetrics,
     RocCurve,
     expected_calibration_error,
+    mean_metrics,
+    metric,
+    metric_infos,
     ood_metrics,
     roc_curve,
     topk_accuracy,
 )
 
 __all__ = [
+    "OOD_METRICS",
     "SCORES",
+    "MetricInfo",
     "OODMetrics",
     "RocCurve",
     "Score",
+    "ScoreInputs",
     "create_score",
     "default_score_names",
     "expected_calibration_error",
     "load_score",
+    "mean_metrics",
+    "metric",
+    "metric_infos",
     "ood_metrics",
     "roc_curve",
     "topk_accuracy",

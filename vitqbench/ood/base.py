@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,14 +90,30 @@ def check_number(
         raise VitqbenchError(f"{name} must be {bound}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a score may read about one set of samples: the model's outputs (logits [N, classes],
+    penultimate features [N, D]), the samples' class labels [N] and the model's classifier head.
+    A score reads only the fields it declares (``Score.reads`` to score, ``Score.fit_reads`` to fit)."""
+
+    logits: np.ndarray | None = None
+    features: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    head: Head | None = None
+
+
+INPUTS = tuple(f.name for f in dataclasses.fields(ScoreInputs))
+
+
 class Score:
     """Base class; subclasses are ``@register``-ed dataclasses that implement ``_score`` (and ``_fit``)."""
 
     name: ClassVar[str]
-    uses_features: ClassVar[bool] = False  # reads features (True) or logits (False)
-    needs_head: ClassVar[bool] = False  # fit needs the classifier head (W, b)
-    needs_labels: ClassVar[bool] = False  # fit needs class labels of the fit set
+    reads: ClassVar[tuple[str, ...]] = ("logits",)  # ScoreInputs fields that ``score`` reads
+    fit_reads: ClassVar[tuple[str, ...]] = ()  # ScoreInputs fields that ``fit`` reads from the fit set
     state: ClassVar[tuple[str, ...]] = ()  # fitted attributes, all numpy arrays
+    # Part of the fitted state's cache key: bump it when ``_fit`` changes, so cached state is refitted.
+    version: ClassVar[int] = 1
     # knn scores in float32 (BLAS speed); chunked scores keep the input dtype and convert per chunk.
     feature_dtype: ClassVar[type | None] = np.float64
 
@@ -108,51 +125,56 @@ class Score:
     def is_fitted(self) -> bool:
         return all(getattr(self, k, None) is not None for k in self.state)
 
+    @property
+    def needs_head(self) -> bool:
+        """Whether the classifier head must be in the bundle (to fit, or to score)."""
+        return "head" in self.reads or (self.needs_fit and "head" in self.fit_reads)
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether the fit set must carry class labels."""
+        return self.needs_fit and "labels" in self.fit_reads
+
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def fit(
-        self,
-        features: np.ndarray | None,
-        labels: np.ndarray | None = None,
-        logits: np.ndarray | None = None,
-        head: Head | None = None,
-    ) -> Score:
-        """Learn the state from ID fit-set outputs; a no-op for scores that need none."""
+    def fit(self, inputs: ScoreInputs) -> Score:
+        """Learn the state from the ID fit set; a no-op for scores that need none."""
         if not self.needs_fit:
             return self
-        n = None
-        if self.uses_features:
-            # A float32 score (KNN) fits in float32 too: its bank can be the size of a training set.
-            fit_dtype = np.float32 if self.feature_dtype == np.float32 else np.float64
-            features = as_matrix(f"fit features for {self.name!r}", features, fit_dtype)
-            _check_finite(f"fit features for {self.name!r}", features)
-            n = len(features)
-        else:
-            logits = as_matrix(f"fit logits for {self.name!r}", logits)
-            _check_finite(f"fit logits for {self.name!r}", logits)
-            n = len(logits)
-        if self.needs_labels:
-            labels = _check_labels(self.name, labels, n)
-        if self.needs_head:
-            head = _check_head(self.name, head, features.shape[1])
-        self._fit(features=features, labels=labels, logits=logits, head=head)
+        # A float32 score (KNN) fits in float32 too: its bank can be the size of a training set.
+        dtype = np.float32 if self.feature_dtype == np.float32 else np.float64
+        self._fit(_checked(self.name, inputs, self.fit_reads, "fit ", dtype, fit=True))
         return self
 
-    def score(self, logits: np.ndarray | None = None, features: np.ndarray | None = None) -> np.ndarray:
-        """One score per sample (float64), higher = more in-distribution."""
-        if logits is not None and features is not None and len(logits) != len(features):
-            raise VitqbenchError(f"{len(logits)} logit rows but {len(features)} feature rows")
+    def score(self, inputs: ScoreInputs) -> np.ndarray:
+        """One score per sample (float64), higher = more in-distribution.
+
+        A sample with a NaN or infinite value in what the score reads (a broken quantized model)
+        scores NaN, which the metrics rank most-OOD and count; it never disturbs the other samples.
+        """
         if self.needs_fit and not self.is_fitted:
             raise VitqbenchError(f"score {self.name!r} needs a fit: give an ID fit set (--fit DATA)")
-        if self.uses_features:
-            return self._score(as_matrix(f"features for {self.name!r}", features, self.feature_dtype))
-        return self._score(as_matrix(f"logits for {self.name!r}", logits))
+        x = _checked(self.name, inputs, self.reads, "", self.feature_dtype)
+        bad = np.zeros(_rows(x), dtype=bool)
+        for key in ("logits", "features"):
+            if getattr(x, key) is not None:
+                bad |= ~np.isfinite(getattr(x, key)).all(1)
+        if not bad.any():
+            return np.asarray(self._score(x), dtype=np.float64)
+        clean = {
+            key: np.where(bad[:, None], 0, getattr(x, key)).astype(getattr(x, key).dtype)
+            for key in ("logits", "features")
+            if getattr(x, key) is not None
+        }
+        out = np.asarray(self._score(dataclasses.replace(x, **clean)), dtype=np.float64)
+        out[bad] = np.nan
+        return out
 
-    def _fit(self, *, features, labels, logits, head) -> None:  # pragma: no cover - stateful scores override
+    def _fit(self, x: ScoreInputs) -> None:  # pragma: no cover - stateful scores override
         raise NotImplementedError
 
-    def _score(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover
+    def _score(self, x: ScoreInputs) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
     def check_dim(self, x: np.ndarray, dim: int) -> None:
@@ -163,7 +185,7 @@ class Score:
         """Parameters and fitted state as plain arrays (what ``save`` writes)."""
         if not self.is_fitted:
             raise VitqbenchError(f"score {self.name!r} is not fitted; nothing to save")
-        meta = json.dumps({"name": self.name, "params": self.params()})
+        meta = json.dumps({"name": self.name, "version": self.version, "params": self.params()})
         return {_META: np.array(meta), **{k: np.asarray(getattr(self, k)) for k in self.state}}
 
     @staticmethod
@@ -173,6 +195,10 @@ class Score:
             score = create_score(meta["name"], **meta["params"])
         except (KeyError, TypeError, ValueError) as exc:
             raise VitqbenchError(f"not a vitqbench score state ({exc})") from exc
+        if meta.get("version", 1) != score.version:
+            raise VitqbenchError(
+                f"score state for {score.name!r} is version {meta.get('version', 1)}, not {score.version}"
+            )
         missing = [k for k in score.state if k not in arrays]
         if missing:
             raise VitqbenchError(f"score state for {score.name!r} lacks {', '.join(missing)}")
@@ -186,16 +212,43 @@ class Score:
             np.savez(f, **arrays)
 
 
+def _rows(x: ScoreInputs) -> int:
+    return next(len(a) for a in (x.logits, x.features, x.labels) if a is not None)
+
+
+def _checked(name: str, x: ScoreInputs, reads: tuple[str, ...], what: str, dtype, fit: bool = False) -> ScoreInputs:
+    """The fields ``reads`` of ``x`` checked and converted (others dropped), or one clear error."""
+    if not isinstance(x, ScoreInputs):
+        raise VitqbenchError(f"score {name!r} takes a ScoreInputs bundle, got {type(x).__name__}")
+    out: dict[str, Any] = {}
+    for key in ("logits", "features"):
+        if key in reads:
+            label = f"{what}{key} for {name!r}"
+            out[key] = as_matrix(label, getattr(x, key), np.float64 if key == "logits" else dtype)
+            if fit:
+                _check_finite(label, out[key])
+    counts = {k: len(v) for k, v in out.items()}
+    if len(set(counts.values())) > 1:
+        raise VitqbenchError(f"score {name!r} got " + " but ".join(f"{n} {k} rows" for k, n in counts.items()))
+    if "labels" in reads:
+        out["labels"] = _check_labels(name, x.labels, next(iter(counts.values()), None))
+    if "head" in reads:
+        dim = out["features"].shape[1] if "features" in out else None
+        out["head"] = _check_head(name, x.head, dim)
+    return ScoreInputs(**out)
+
+
 def _check_finite(what: str, x: np.ndarray) -> None:
     bad = int((~np.isfinite(x)).sum())
     if bad:
         raise VitqbenchError(f"{what} contain {bad} non-finite values; cannot fit on them")
 
 
-def _check_labels(name: str, labels: Any, n: int) -> np.ndarray:
+def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray:
     if labels is None:
-        raise VitqbenchError(f"score {name!r} needs class labels for the fit set")
+        raise VitqbenchError(f"score {name!r} needs class labels for the fit set (it has none)")
     labels = np.asarray(labels)
+    n = len(labels) if n is None and labels.ndim == 1 else n
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise VitqbenchError(f"fit labels for {name!r} must be {n} integers, got {labels.dtype} {labels.shape}")
     if (labels < 0).any():
@@ -203,12 +256,12 @@ def _check_labels(name: str, labels: Any, n: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _check_head(name: str, head: Head | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_head(name: str, head: Head | None, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
     if head is None:
-        raise VitqbenchError(f"score {name!r} needs the classifier head (weight, bias) of the model")
+        raise VitqbenchError(f"score {name!r} needs the model's classifier head (weight, bias), which is missing")
     weight, bias = head
     weight = as_matrix(f"head weight for {name!r}", weight)
-    if weight.shape[1] != dim:
+    if dim is not None and weight.shape[1] != dim:
         raise VitqbenchError(f"head weight for {name!r} has shape {weight.shape}; expected [classes, {dim}]")
     bias = np.zeros(len(weight)) if bias is None else np.asarray(bias, dtype=np.float64)
     if bias.shape != (len(weight),):

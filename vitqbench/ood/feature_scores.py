@@ -13,7 +13,7 @@ from scipy import sparse
 from scipy.special import logsumexp
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.ood.base import Score, check_number, register
+from vitqbench.ood.base import Score, ScoreInputs, check_number, register
 
 CHUNK_BYTES = 1 << 26
 
@@ -32,12 +32,13 @@ class Mahalanobis(Score):
     fit set get no mean."""
 
     name = "mahalanobis"
-    uses_features = True
-    needs_labels = True
+    reads = ("features",)
+    fit_reads = ("features", "labels")
     state = ("means_", "basis_", "inverse_eigenvalues_")
     feature_dtype = None
 
-    def _fit(self, *, features, labels, logits, head) -> None:
+    def _fit(self, x: ScoreInputs) -> None:
+        features, labels = x.features, x.labels
         _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
         members = sparse.csr_matrix((np.ones(len(labels)), (inverse, np.arange(len(labels)))))
         self.means_ = np.asarray(members @ features) / counts[:, None]
@@ -52,7 +53,8 @@ class Mahalanobis(Score):
         keep = np.abs(values) > len(values) * np.finfo(np.float64).eps * np.abs(values).max()
         self.basis_, self.inverse_eigenvalues_ = vectors[:, keep], 1.0 / values[keep]
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.features
         self.check_dim(x, self.means_.shape[1])
         # d_c(x) = sum_i (z_i - m_ci)^2 / l_i in the kept eigenbasis (z = x V, m_c = mu_c V), expanded
         # so that no [N, C, D] array exists.
@@ -78,7 +80,8 @@ class KNN(Score):
     OpenOOD's KNN, which reads faiss's squared L2). Exact search with float32 BLAS, in chunks."""
 
     name = "knn"
-    uses_features = True
+    reads = ("features",)
+    fit_reads = ("features",)
     state = ("bank_",)
     feature_dtype = np.float32
     k: int = 50
@@ -86,7 +89,8 @@ class KNN(Score):
     def __post_init__(self) -> None:
         check_number("knn k", self.k, 1, integer=True)
 
-    def _fit(self, *, features, labels, logits, head) -> None:
+    def _fit(self, x: ScoreInputs) -> None:
+        features = x.features
         if len(features) < self.k:
             raise VitqbenchError(f"knn with k={self.k} needs at least {self.k} fit samples, got {len(features)}")
         self.bank_ = _l2_normalize(features).astype(np.float32, copy=False)
@@ -100,7 +104,8 @@ class KNN(Score):
             self._augmented = cached
         return cached[1]
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.features
         self.check_dim(x, self.bank_.shape[1])
         # |q - f|^2 = |q|^2 - 2 (q.f - |f|^2 / 2): the bracket comes out of one matmul with an extra
         # column, so each chunk costs a BLAS call and a selection, no further pass over the distances.
@@ -138,8 +143,8 @@ class ViM(Score):
     ``dim=None`` picks the paper's subspace size for the feature width."""
 
     name = "vim"
-    uses_features = True
-    needs_head = True
+    reads = ("features",)
+    fit_reads = ("features", "head")
     state = ("weight_", "bias_", "origin_", "residual_basis_", "alpha_")
     dim: int | None = None
 
@@ -147,8 +152,8 @@ class ViM(Score):
         if self.dim is not None:
             check_number("vim dim", self.dim, 1, integer=True)
 
-    def _fit(self, *, features, labels, logits, head) -> None:
-        weight, bias = head
+    def _fit(self, x: ScoreInputs) -> None:
+        features, (weight, bias) = x.features, x.head
         dim = _vim_default_dim(features.shape[1]) if self.dim is None else self.dim
         if not 1 <= dim < features.shape[1]:
             raise VitqbenchError(
@@ -162,7 +167,8 @@ class ViM(Score):
         self.alpha_ = np.array(_head_logits(features, weight, bias).max(1).mean() / virtual.mean())
         self.weight_, self.bias_, self.origin_, self.residual_basis_ = weight, bias, origin, residual_basis
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.features
         self.check_dim(x, self.weight_.shape[1])
         energy = logsumexp(_head_logits(x, self.weight_, self.bias_), axis=1)
         return energy - float(self.alpha_) * np.linalg.norm((x - self.origin_) @ self.residual_basis_, axis=1)
@@ -175,19 +181,20 @@ class ReAct(Score):
     feature values (Sun et al. 2021; OpenOOD's ReAct)."""
 
     name = "react"
-    uses_features = True
-    needs_head = True
+    reads = ("features",)
+    fit_reads = ("features", "head")
     state = ("weight_", "bias_", "threshold_")
     percentile: float = 90.0
 
     def __post_init__(self) -> None:
         check_number("react percentile", self.percentile, 0.0, maximum=100.0)
 
-    def _fit(self, *, features, labels, logits, head) -> None:
-        self.weight_, self.bias_ = head
-        self.threshold_ = np.array(np.percentile(features, self.percentile))
+    def _fit(self, x: ScoreInputs) -> None:
+        self.weight_, self.bias_ = x.head
+        self.threshold_ = np.array(np.percentile(x.features, self.percentile))
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.features
         self.check_dim(x, self.weight_.shape[1])
         clipped = np.minimum(x, float(self.threshold_))
         return logsumexp(_head_logits(clipped, self.weight_, self.bias_), axis=1)

@@ -9,7 +9,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.ood.base import Score, check_number, register
+from vitqbench.ood.base import Score, ScoreInputs, check_number, register
 
 
 @register
@@ -19,7 +19,8 @@ class MSP(Score):
 
     name = "msp"
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         return np.exp(log_softmax(x, axis=1).max(1))
 
 
@@ -30,7 +31,8 @@ class MaxLogit(Score):
 
     name = "maxlogit"
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         return x.max(1)
 
 
@@ -45,7 +47,8 @@ class Energy(Score):
     def __post_init__(self) -> None:
         check_number("energy temperature", self.temperature, 0.0, open_min=True)
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         return self.temperature * logsumexp(x / self.temperature, axis=1)
 
 
@@ -56,7 +59,8 @@ class Entropy(Score):
 
     name = "entropy"
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         log_p = log_softmax(x, axis=1)
         return np.sum(np.exp(log_p) * log_p, axis=1)
 
@@ -74,7 +78,8 @@ class GEN(Score):
         check_number("gen gamma", self.gamma, 0.0, open_min=True, maximum=1.0)
         check_number("gen M", self.M, 1, integer=True)
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         p = np.exp(log_softmax(x, axis=1))
         top = np.sort(p, axis=1)[:, -self.M :]
         return -np.sum(top**self.gamma * (1.0 - top) ** self.gamma, axis=1)
@@ -87,7 +92,7 @@ class TempScale(Score):
     OpenOOD's TemperatureScaling does (we minimize over log T with a bounded 1-D search)."""
 
     name = "tempscale"
-    needs_labels = True
+    fit_reads = ("logits", "labels")
     state = ("temperature_",)
     temperature: float | None = None
 
@@ -100,7 +105,8 @@ class TempScale(Score):
     def needs_fit(self) -> bool:
         return self.temperature is None
 
-    def _fit(self, *, features, labels, logits, head) -> None:
+    def _fit(self, x: ScoreInputs) -> None:
+        logits, labels = x.logits, x.labels
         if labels.max() >= logits.shape[1]:
             raise VitqbenchError(f"tempscale fit labels reach {labels.max()} but logits have {logits.shape[1]} classes")
         rows = np.arange(len(labels))
@@ -111,5 +117,6 @@ class TempScale(Score):
         best = minimize_scalar(nll, bounds=(np.log(1e-2), np.log(1e2)), method="bounded", options={"xatol": 1e-6})
         self.temperature_ = np.array(float(np.exp(best.x)))
 
-    def _score(self, x: np.ndarray) -> np.ndarray:
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        x = inputs.logits
         return np.exp(log_softmax(x / float(self.temperature_), axis=1).max(1))

@@ -10,7 +10,8 @@ check agreement with a re-statement of OpenOOD's code on random and tied inputs.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -21,20 +22,44 @@ ECE_BINS = 15
 
 
 @dataclass(frozen=True)
+class MetricInfo:
+    """How tables name a metric and which way is better; declared on the field that holds it."""
+
+    name: str
+    title: str
+    lower_is_better: bool = False
+
+    @property
+    def better(self) -> str:
+        return "lower" if self.lower_is_better else "higher"
+
+
+def metric(title: str, lower_is_better: bool = False) -> Any:
+    """A dataclass field holding a reported metric, with its table title and direction."""
+    return field(metadata={"metric": (title, lower_is_better)})
+
+
+def metric_infos(cls: type) -> tuple[MetricInfo, ...]:
+    """The metrics a dataclass declares with ``metric(...)``, in field order."""
+    return tuple(MetricInfo(f.name, *f.metadata["metric"]) for f in fields(cls) if "metric" in f.metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OODMetrics:
-    """Detection metrics for one (ID set, OOD set, score); rates in [0, 1].
+    """Detection metrics for one (ID set, OOD set, score); rates in [0, 1]. The one OOD-metrics type:
+    eval's rows extend it, tables and reports take titles and directions from ``OOD_METRICS``.
 
     ``fpr95``: fraction of OOD samples accepted (score >= t) at the largest threshold t that keeps
     at least 95% of ID samples (ID positive; OpenOOD's ``fpr_recall``, the ODIN/Energy papers).
     ``fpr95_ood_positive``: fraction of ID samples rejected at the threshold catching 95% of OOD;
-    what OpenOOD v1.5's ``compute_all_metrics`` reports as FPR@95 (it treats OOD as positive).
+    what OpenOOD v1.5's ``compute_all_metrics`` and leaderboard report as FPR@95 (OOD positive).
     """
 
-    auroc: float
-    aupr_in: float
-    aupr_out: float
-    fpr95: float
-    fpr95_ood_positive: float
+    auroc: float = metric("AUROC")
+    aupr_in: float = metric("AUPR-in")
+    aupr_out: float = metric("AUPR-out")
+    fpr95: float = metric("FPR@95TPR (ID+)", lower_is_better=True)
+    fpr95_ood_positive: float = metric("FPR@95 (OpenOOD v1.5, OOD+)", lower_is_better=True)
     n_id: int
     n_ood: int
     n_nonfinite_id: int = 0
@@ -46,6 +71,23 @@ class OODMetrics:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+OOD_METRICS = metric_infos(OODMetrics)
+
+
+def mean_metrics(rows: list[OODMetrics]) -> OODMetrics:
+    """Each metric averaged over OOD sets scored against the same ID scores (OOD counts summed)."""
+    if not rows:
+        raise VitqbenchError("no metrics to average")
+    means = {m.name: float(np.mean([getattr(r, m.name) for r in rows])) for m in OOD_METRICS}
+    return OODMetrics(
+        **means,
+        n_id=rows[0].n_id,
+        n_ood=sum(r.n_ood for r in rows),
+        n_nonfinite_id=rows[0].n_nonfinite_id,
+        n_nonfinite_ood=sum(r.n_nonfinite_ood for r in rows),
+    )
 
 
 @dataclass(frozen=True)

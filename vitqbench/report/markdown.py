@@ -5,17 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import LOWER_IS_BETTER, Delta, EvalResults, ModelInfo
+from vitqbench.evaluate.results import METRICS, Delta, EvalResults, ModelInfo
 
-METRIC_TITLES = {
-    "top1": "top-1 (%)",
-    "top5": "top-5 (%)",
-    "ece": "ECE (%)",
-    "auroc": "AUROC (%)",
-    "aupr_in": "AUPR-in (%)",
-    "aupr_out": "AUPR-out (%)",
-    "fpr95": "FPR@95 (%)",
-}
+METRIC_TITLES = {name: f"{m.title} (%)" for name, m in METRICS.items()}
 REPORT_OOD_METRICS = ("aupr_out", "auroc", "fpr95")
 
 
@@ -148,7 +140,7 @@ def _ood_table(results: EvalResults, metric: str, score: str) -> list[str]:
             rows.append([m.label, m.precision, *cells])
     if not rows:
         return []
-    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    better = METRICS[metric].better
     title = f"## {METRIC_TITLES[metric]} — score {score} ({better} is better)"
     return [title, ""] + _table(["model", "precision", *sets], rows)
 

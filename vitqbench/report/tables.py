@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import ID_METRICS, OOD_METRICS, EvalResults
+from vitqbench.evaluate.results import ID_METRICS, METRICS, OOD_METRICS, EvalResults
 from vitqbench.files import write_text_atomic
 
 JSON_SCHEMA = 1
-METRICS = ID_METRICS + OOD_METRICS
 CSV_COLUMNS = [
     "model",
     "precision",
@@ -46,7 +45,7 @@ def csv_rows(results: EvalResults) -> list[dict[str, Any]]:
         id_row = results.id_metric(model.label)
         if id_row is not None:
             row = {**base, "dataset": id_row.dataset, "role": "id", "score": "", "n": id_row.n}
-            for metric in ID_METRICS:
+            for metric in (info.name for info in ID_METRICS):
                 row[metric] = getattr(id_row, metric)
                 _delta_cells(row, results.delta(model.label, id_row.dataset, None, metric), metric)
             rows.append(row)
@@ -59,7 +58,7 @@ def csv_rows(results: EvalResults) -> list[dict[str, Any]]:
                 role = "ood" if dataset in groups else "mean"
                 group = groups.get(dataset) if role == "ood" else dataset.partition(":")[2] or None
                 row = {**base, "dataset": dataset, "role": role, "group": group, "score": score, "n": m.n_ood}
-                for metric in OOD_METRICS:
+                for metric in (info.name for info in OOD_METRICS):
                     row[metric] = getattr(m, metric)
                     _delta_cells(row, results.delta(model.label, dataset, score, metric), metric)
                 rows.append(row)
