@@ -332,3 +332,17 @@ def test_no_loadable_model_is_one_line_and_writes_nothing(tmp_path, run_cli):
     assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "no such file" in result.stderr and "no graph" in result.stderr
     assert not out.exists()
+
+
+def test_every_openood_score_runs_in_eval_from_the_cached_outputs(first_run, models):
+    """The opt-in scores (named in --scores) fit and score on every precision; no model runs again."""
+    _, cache = first_run
+    scores = "rmds,klm,she,dice,ash,ash:variant=ash_s,scale,fdbd,nnguide:K=10:alpha=0.5"
+    results = run_eval(
+        EvalConfig(models=models, id=ID, fit=FIT, ood=OOD, scores=scores, cache_dir=cache, progress=False)
+    )
+    assert not results.failures and results.cache["computed"] == 0
+    for label in (m.label for m in results.models):
+        for score in results.score_names:
+            m = results.ood_metric(label, "photos", score)
+            assert m is not None and 0.0 <= m.auroc <= 1.0, (label, score)

@@ -7,6 +7,7 @@ Pure numpy/scipy: arrays in, arrays out; nothing here runs a model.
 # Importing registers the scores; logit scores first so they lead default listings and tables.
 from vitqbench.ood import logit_scores  # noqa: F401
 from vitqbench.ood import feature_scores  # noqa: F401
+from vitqbench.ood import head_scores  # noqa: F401
 
 # isort: on
 from vitqbench.ood.base import SCORES, Score, ScoreInputs, create_score, default_score_names, load_score

@@ -22,6 +22,9 @@ from vitqbench.files import atomic_path
 
 SCORES: dict[str, type[Score]] = {}
 _META = "__score__"
+# Scores that compare each query with many rows (fit samples, classes) work in row chunks whose
+# [rows, many] matrix is about this size, whatever the numbers of queries, fit samples and classes.
+CHUNK_BYTES = 1 << 26
 
 Head = tuple[np.ndarray, np.ndarray | None]  # (W [classes, D], b [classes]) as metadata.read_head gives
 
@@ -44,8 +47,9 @@ def create_score(name: str, **params: Any) -> Score:
 
 
 def default_score_names(with_fit: bool = True) -> list[str]:
-    """Every registered score with default parameters; those needing a fit set only if ``with_fit``."""
-    return [name for name, cls in SCORES.items() if with_fit or not cls().needs_fit]
+    """The scores an eval runs when none are named (those needing a fit set only if ``with_fit``);
+    the others (``Score.default`` False) run when named in ``--scores``."""
+    return [name for name, cls in SCORES.items() if cls.default and (with_fit or not cls().needs_fit)]
 
 
 def load_score(path: str | Path) -> Score:
@@ -56,6 +60,13 @@ def load_score(path: str | Path) -> Score:
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise VitqbenchError(f"cannot read fitted score state {path}: {exc}") from exc
     return Score.from_state_dict(arrays)
+
+
+def chunks(n: int, row_bytes: int):
+    """Row slices of ``range(n)`` whose per-chunk matrices take about ``CHUNK_BYTES``."""
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
 
 
 def as_matrix(what: str, x: Any, dtype: type | None = np.float64) -> np.ndarray:
@@ -114,6 +125,9 @@ class Score:
     state: ClassVar[tuple[str, ...]] = ()  # fitted attributes, all numpy arrays
     # Part of the fitted state's cache key: bump it when ``_fit`` changes, so cached state is refitted.
     version: ClassVar[int] = 1
+    default: ClassVar[bool] = True  # run when no --scores are given
+    # OpenOOD's ``postprocessor_sweep`` for this score: parameter -> values searched by --tune.
+    grid: ClassVar[dict[str, tuple[Any, ...]]] = {}
     # knn scores in float32 (BLAS speed); chunked scores keep the input dtype and convert per chunk.
     feature_dtype: ClassVar[type | None] = np.float64
 

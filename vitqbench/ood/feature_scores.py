@@ -1,7 +1,7 @@
-"""Scores read from the penultimate features, fitted on ID training outputs (OpenOOD's definitions).
+"""Scores that compare a sample's penultimate features with statistics of the ID fit set: class
+Gaussians (mahalanobis, rmds), nearest neighbours (knn, nnguide), class patterns (she).
 
-knn and mahalanobis score queries in row chunks so memory stays bounded: each chunk's distance
-matrix is about ``CHUNK_BYTES``, whatever the numbers of queries, fit samples and classes.
+Distances are computed in row chunks (``base.chunks``), so no [queries, fit samples] matrix exists.
 """
 
 from __future__ import annotations
@@ -13,15 +13,44 @@ from scipy import sparse
 from scipy.special import logsumexp
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.ood.base import Score, ScoreInputs, check_number, register
-
-CHUNK_BYTES = 1 << 26
+from vitqbench.ood.base import Score, ScoreInputs, check_number, chunks, register
 
 
-def _chunks(n: int, row_bytes: int):
-    rows = max(1, CHUNK_BYTES // row_bytes)
-    for start in range(0, n, rows):
-        yield slice(start, min(n, start + rows))
+def _class_means(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(classes present, their mean features, each row's index into them)."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = sparse.csr_matrix((np.ones(len(labels)), (inverse, np.arange(len(labels)))))
+    return classes, np.asarray(members @ features) / counts[:, None], inverse
+
+
+def _precision_basis(centered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenbasis and inverse eigenvalues of the covariance of ``centered`` rows: the precision matrix
+    of scikit-learn's EmpiricalCovariance (OpenOOD's MDS and RMDS) as ``V diag(1/l) V^T``.
+
+    Like scipy's pinvh there, eigen-directions with |l| <= D * eps * max|l| are dropped. LayerNorm'd
+    features lie in a hyperplane; np.linalg.pinv's 1e-15 cutoff kept that direction and let float32
+    noise in it, weighted ~1e13, dominate the distances.
+    """
+    centered = centered - centered.mean(0)  # zero already for class-centred rows, up to rounding
+    values, vectors = np.linalg.eigh(centered.T @ centered / len(centered))
+    keep = np.abs(values) > len(values) * np.finfo(np.float64).eps * np.abs(values).max()
+    return vectors[:, keep], 1.0 / values[keep]
+
+
+def _closest_sq_distance(x: np.ndarray, means: np.ndarray, basis: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """min_c (x - m_c)^T P (x - m_c) for P = basis diag(weights) basis^T, in row chunks.
+
+    In the eigenbasis (z = x V, m_c V) it is sum_i (z_i - m_ci)^2 w_i, expanded so that no
+    [N, C, D] array exists.
+    """
+    means = means @ basis
+    means_sq = np.sum(means**2 * weights, axis=1)
+    out = np.empty(len(x))
+    for rows in chunks(len(x), 8 * max(len(means), x.shape[1])):
+        z = x[rows].astype(np.float64) @ basis
+        dist = np.sum(z**2 * weights, axis=1)[:, None] - 2.0 * ((z * weights) @ means.T) + means_sq[None, :]
+        out[rows] = dist.min(1)
+    return out
 
 
 @register
@@ -38,39 +67,49 @@ class Mahalanobis(Score):
     feature_dtype = None
 
     def _fit(self, x: ScoreInputs) -> None:
-        features, labels = x.features, x.labels
-        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-        members = sparse.csr_matrix((np.ones(len(labels)), (inverse, np.arange(len(labels)))))
-        self.means_ = np.asarray(members @ features) / counts[:, None]
-        centered = features - self.means_[inverse]
-        centered -= centered.mean(0)  # zero already, up to rounding; EmpiricalCovariance does the same
-        covariance = centered.T @ centered / len(centered)
-        # The precision is scipy's pinvh, as in scikit-learn's EmpiricalCovariance (OpenOOD's MDS):
-        # eigen-directions with |eigenvalue| <= D * eps * max|eigenvalue| are dropped. LayerNorm'd
-        # features lie in a hyperplane; np.linalg.pinv's 1e-15 cutoff kept that direction and let
-        # float32 noise in it, weighted ~1e13, dominate the distances.
-        values, vectors = np.linalg.eigh(covariance)
-        keep = np.abs(values) > len(values) * np.finfo(np.float64).eps * np.abs(values).max()
-        self.basis_, self.inverse_eigenvalues_ = vectors[:, keep], 1.0 / values[keep]
+        _, self.means_, inverse = _class_means(x.features, x.labels)
+        self.basis_, self.inverse_eigenvalues_ = _precision_basis(x.features - self.means_[inverse])
 
     def _score(self, inputs: ScoreInputs) -> np.ndarray:
-        x = inputs.features
-        self.check_dim(x, self.means_.shape[1])
-        # d_c(x) = sum_i (z_i - m_ci)^2 / l_i in the kept eigenbasis (z = x V, m_c = mu_c V), expanded
-        # so that no [N, C, D] array exists.
-        weights = self.inverse_eigenvalues_
-        means = self.means_ @ self.basis_
-        means_sq = np.sum(means**2 * weights, axis=1)
-        out = np.empty(len(x))
-        for rows in _chunks(len(x), 8 * max(len(means), x.shape[1])):
-            z = x[rows].astype(np.float64) @ self.basis_
-            dist = np.sum(z**2 * weights, axis=1)[:, None] - 2.0 * ((z * weights) @ means.T) + means_sq[None, :]
-            out[rows] = -dist.min(1)
-        return out
+        self.check_dim(inputs.features, self.means_.shape[1])
+        return -_closest_sq_distance(inputs.features, self.means_, self.basis_, self.inverse_eigenvalues_)
+
+
+@register
+@dataclass
+class RMDS(Mahalanobis):
+    """Relative Mahalanobis distance (Ren et al. 2021; OpenOOD's RMDS): ``max_c -d_c(x) + d_0(x)``,
+    the mahalanobis score plus the distance d_0 to one Gaussian fitted on the whole fit set (its
+    mean, its own covariance), which removes what every class shares. Classes absent from the fit
+    set get no mean (OpenOOD's loop over all classes would give them NaN)."""
+
+    name = "rmds"
+    state = (*Mahalanobis.state, "background_mean_", "background_basis_", "background_inverse_eigenvalues_")
+    default = False
+
+    def _fit(self, x: ScoreInputs) -> None:
+        super()._fit(x)
+        self.background_mean_ = x.features.mean(0, keepdims=True)
+        self.background_basis_, self.background_inverse_eigenvalues_ = _precision_basis(
+            x.features - self.background_mean_
+        )
+
+    def _score(self, inputs: ScoreInputs) -> np.ndarray:
+        background = _closest_sq_distance(
+            inputs.features, self.background_mean_, self.background_basis_, self.background_inverse_eigenvalues_
+        )
+        return super()._score(inputs) + background
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-10)  # OpenOOD's KNN normalizer
+
+
+def _top_k_mean(similarity: np.ndarray, k: int, *, kth_only: bool = False) -> np.ndarray:
+    """Per row, the k-th largest entry (``kth_only``) or the mean of the k largest; partitions in place."""
+    kth = similarity.shape[1] - k
+    similarity.partition(kth, axis=1)
+    return similarity[:, kth] if kth_only else similarity[:, kth:].mean(1, dtype=np.float64)
 
 
 @register
@@ -84,16 +123,16 @@ class KNN(Score):
     fit_reads = ("features",)
     state = ("bank_",)
     feature_dtype = np.float32
+    grid = {"k": (50, 100, 200, 500, 1000)}
     k: int = 50
 
     def __post_init__(self) -> None:
         check_number("knn k", self.k, 1, integer=True)
 
     def _fit(self, x: ScoreInputs) -> None:
-        features = x.features
-        if len(features) < self.k:
-            raise VitqbenchError(f"knn with k={self.k} needs at least {self.k} fit samples, got {len(features)}")
-        self.bank_ = _l2_normalize(features).astype(np.float32, copy=False)
+        if len(x.features) < self.k:
+            raise VitqbenchError(f"knn with k={self.k} needs at least {self.k} fit samples, got {len(x.features)}")
+        self.bank_ = _l2_normalize(x.features).astype(np.float32, copy=False)
 
     def _augmented_bank(self) -> np.ndarray:
         """[bank | |f|^2 / 2], built once per fitted (or loaded) bank."""
@@ -105,96 +144,107 @@ class KNN(Score):
         return cached[1]
 
     def _score(self, inputs: ScoreInputs) -> np.ndarray:
-        x = inputs.features
-        self.check_dim(x, self.bank_.shape[1])
+        self.check_dim(inputs.features, self.bank_.shape[1])
         # |q - f|^2 = |q|^2 - 2 (q.f - |f|^2 / 2): the bracket comes out of one matmul with an extra
         # column, so each chunk costs a BLAS call and a selection, no further pass over the distances.
         bank = self._augmented_bank()
-        queries = _l2_normalize(x).astype(np.float32, copy=False)
+        queries = _l2_normalize(inputs.features).astype(np.float32, copy=False)
         out = np.empty(len(queries))
-        for rows in _chunks(len(queries), 4 * len(bank)):
+        for rows in chunks(len(queries), 4 * len(bank)):
             q = queries[rows]
             closeness = np.hstack([q, np.full((len(q), 1), -1.0, np.float32)]) @ bank.T
-            kth_largest = closeness.shape[1] - self.k
-            closeness.partition(kth_largest, axis=1)  # in place: no second chunk-sized array
-            kth = closeness[:, kth_largest]
+            kth = _top_k_mean(closeness, self.k, kth_only=True)
             out[rows] = -(np.sum(q.astype(np.float64) ** 2, axis=1) - 2.0 * kth)
         return out
 
 
-def _head_logits(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    return features @ weight.T + bias
-
-
-def _vim_default_dim(feature_dim: int) -> int:
-    """Principal-space size from the ViM paper (Wang et al. 2022): 1000 / 512 / half the features."""
-    if feature_dim >= 2048:
-        return 1000
-    if feature_dim >= 768:
-        return 512
-    return feature_dim // 2
-
-
 @register
 @dataclass
-class ViM(Score):
-    """Energy of the head's logits minus a virtual logit: the norm of the feature's residual outside
-    the principal subspace, scaled by alpha fitted on the ID set (Wang et al. 2022; OpenOOD's VIM).
-    ``dim=None`` picks the paper's subspace size for the feature width."""
+class NNGuide(Score):
+    """Nearest-neighbour guidance (Park et al. 2023; OpenOOD's NNGuide): the query's energy times the
+    mean of its K largest inner products with a bank of fit samples, each an L2-normalized feature
+    scaled by its own energy. The bank is a fixed random ``alpha`` fraction of the fit set (seed 0;
+    OpenOOD takes the first batches of its shuffled train loader). Exact search, float32, in chunks."""
 
-    name = "vim"
-    reads = ("features",)
-    fit_reads = ("features", "head")
-    state = ("weight_", "bias_", "origin_", "residual_basis_", "alpha_")
-    dim: int | None = None
+    name = "nnguide"
+    reads = ("logits", "features")
+    fit_reads = ("logits", "features")
+    state = ("bank_",)
+    feature_dtype = np.float32
+    default = False
+    grid = {"K": (100,), "alpha": (0.01,)}
+    K: int = 100  # noqa: N815 - OpenOOD's name
+    alpha: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.dim is not None:
-            check_number("vim dim", self.dim, 1, integer=True)
+        check_number("nnguide K", self.K, 1, integer=True)
+        check_number("nnguide alpha", self.alpha, 0.0, open_min=True, maximum=1.0)
 
     def _fit(self, x: ScoreInputs) -> None:
-        features, (weight, bias) = x.features, x.head
-        dim = _vim_default_dim(features.shape[1]) if self.dim is None else self.dim
-        if not 1 <= dim < features.shape[1]:
+        n = len(x.features)
+        size = int(np.ceil(self.alpha * n))
+        if size < self.K:
             raise VitqbenchError(
-                f"vim dim must be in [1, {features.shape[1] - 1}] for {features.shape[1]}-d features, got {dim}"
+                f"nnguide with alpha={self.alpha} keeps {size} of {n} fit samples, fewer than K={self.K}: "
+                "raise alpha or lower K"
             )
-        origin = -np.linalg.pinv(weight) @ bias
-        centered = features - origin
-        values, vectors = np.linalg.eigh(centered.T @ centered / len(centered))
-        residual_basis = vectors[:, np.argsort(-values, kind="stable")[dim:]]
-        virtual = np.linalg.norm(centered @ residual_basis, axis=1)
-        self.alpha_ = np.array(_head_logits(features, weight, bias).max(1).mean() / virtual.mean())
-        self.weight_, self.bias_, self.origin_, self.residual_basis_ = weight, bias, origin, residual_basis
+        rows = np.sort(np.random.default_rng(0).choice(n, size, replace=False))
+        energy = logsumexp(x.logits[rows], axis=1)
+        self.bank_ = (_l2_normalize(x.features[rows]) * energy[:, None]).astype(np.float32)
 
     def _score(self, inputs: ScoreInputs) -> np.ndarray:
-        x = inputs.features
-        self.check_dim(x, self.weight_.shape[1])
-        energy = logsumexp(_head_logits(x, self.weight_, self.bias_), axis=1)
-        return energy - float(self.alpha_) * np.linalg.norm((x - self.origin_) @ self.residual_basis_, axis=1)
+        self.check_dim(inputs.features, self.bank_.shape[1])
+        queries = _l2_normalize(inputs.features).astype(np.float32, copy=False)
+        guidance = np.empty(len(queries))
+        for rows in chunks(len(queries), 4 * len(self.bank_)):
+            guidance[rows] = _top_k_mean(queries[rows] @ self.bank_.T, self.K)
+        return guidance * logsumexp(inputs.logits, axis=1)
+
+
+SHE_METRICS = ("inner_product", "euclidean", "cosine")
 
 
 @register
 @dataclass
-class ReAct(Score):
-    """Energy of the head's logits on features clipped from above at a percentile of all fit
-    feature values (Sun et al. 2021; OpenOOD's ReAct)."""
+class SHE(Score):
+    """Simplified Hopfield energy (Zhang et al. 2023; OpenOOD's SHE): the similarity of the feature
+    to the stored pattern of its predicted class, the mean feature of the fit samples of that class
+    that the model classifies correctly. A class without any such sample has no pattern: samples
+    predicted as it score NaN (most-OOD), as OpenOOD's empty mean gives."""
 
-    name = "react"
-    reads = ("features",)
-    fit_reads = ("features", "head")
-    state = ("weight_", "bias_", "threshold_")
-    percentile: float = 90.0
+    name = "she"
+    reads = ("logits", "features")
+    fit_reads = ("logits", "features", "labels")
+    state = ("patterns_",)
+    default = False
+    metric: str = "inner_product"
 
     def __post_init__(self) -> None:
-        check_number("react percentile", self.percentile, 0.0, maximum=100.0)
+        if self.metric not in SHE_METRICS:
+            raise VitqbenchError(f"she metric must be one of {', '.join(SHE_METRICS)}, got {self.metric!r}")
 
     def _fit(self, x: ScoreInputs) -> None:
-        self.weight_, self.bias_ = x.head
-        self.threshold_ = np.array(np.percentile(x.features, self.percentile))
+        classes = x.logits.shape[1]
+        if x.labels.max() >= classes:
+            raise VitqbenchError(f"she fit labels reach {x.labels.max()} but logits have {classes} classes")
+        correct = np.argmax(x.logits, axis=1) == x.labels
+        patterns = np.full((classes, x.features.shape[1]), np.nan)
+        present, means, _ = _class_means(x.features[correct], x.labels[correct])
+        patterns[present] = means
+        self.patterns_ = patterns
 
     def _score(self, inputs: ScoreInputs) -> np.ndarray:
-        x = inputs.features
-        self.check_dim(x, self.weight_.shape[1])
-        clipped = np.minimum(x, float(self.threshold_))
-        return logsumexp(_head_logits(clipped, self.weight_, self.bias_), axis=1)
+        features = inputs.features
+        self.check_dim(features, self.patterns_.shape[1])
+        if inputs.logits.shape[1] != len(self.patterns_):
+            raise VitqbenchError(f"she was fitted on {len(self.patterns_)} classes, got {inputs.logits.shape[1]}")
+        target = self.patterns_[np.argmax(inputs.logits, axis=1)]
+        if self.metric == "euclidean":
+            return -np.linalg.norm(features - target, axis=1)
+        dot = np.einsum("nd,nd->n", features, target)
+        if self.metric == "cosine":  # torch.cosine_similarity's eps on each norm
+            norms = np.maximum(np.linalg.norm(features, axis=1), 1e-8) * np.maximum(
+                np.linalg.norm(target, axis=1), 1e-8
+            )
+            return dot / norms
+        return dot
