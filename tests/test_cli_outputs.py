@@ -21,6 +21,11 @@ CASES = {
     "eval with a mistyped ID set": ("eval -m ONNX --id digits:tset -o TMP/e", "ID set digits:tset: unknown option"),
     "eval with a missing ID folder": ("eval -m ONNX --id TMP/nodir -o TMP/e", "no such file or directory"),
     "export of an ONNX file": ("export ONNX -o TMP/x.onnx", "is an ONNX file"),
+    "eval with an unknown FPR convention": (
+        "eval -m ONNX --id digits:test --fpr-convention ood -o TMP/e",
+        "--fpr-convention must be openood or id-positive",
+    ),
+    "sweep with an unknown FPR convention": ("sweep --preset tiny --fpr-convention x -o TMP/s", "--fpr-convention"),
 }
 
 

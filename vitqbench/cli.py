@@ -275,6 +275,11 @@ def eval_(
     bench_: bool = typer.Option(False, "--bench", help="Also measure latency and size of every model."),
     seed: int = typer.Option(0, "--seed", help="Seed of n= subsets and noise that name no seed= (recorded)."),
     strict: bool = typer.Option(False, "--strict", help="An unreadable image fails its dataset (default: skip)."),
+    fpr_convention: str = typer.Option(
+        "openood",
+        "--fpr-convention",
+        help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
@@ -300,6 +305,7 @@ def eval_(
         seed=seed,
         strict=strict,
         progress=progress,
+        fpr_convention=fpr_convention,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console)
 
@@ -323,16 +329,23 @@ def sweep(
     bench_: bool | None = typer.Option(None, "--bench/--no-bench", help="Override the study's bench."),
     save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
     show: bool = typer.Option(False, "--show", help="Print the study's TOML (e.g. a preset) and exit."),
+    fpr_convention: str = typer.Option(
+        "openood",
+        "--fpr-convention",
+        help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Run a declarative study (models x precisions x datasets) from a TOML file or preset."""
     from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, preset_text
+    from vitqbench.ood import headline_fpr
 
     if show:
         typer.echo(preset_text(preset) if preset else config.read_text() if config else "")
         return
     if out is None:
         raise VitqbenchError("give --out DIR")
+    headline_fpr(fpr_convention)  # a typo fails before any export
     study = load_sweep_config(config, preset)
     options = SweepOptions(
         out=out,
@@ -344,6 +357,7 @@ def sweep(
         pretrained=pretrained,
         bench=bench_,
         progress=progress,
+        fpr_convention=fpr_convention,
     )
     finish_sweep(study, options, save_outputs=save_outputs, console=console)
 

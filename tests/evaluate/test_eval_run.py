@@ -79,7 +79,7 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
     by_key = {(r["model"], r["dataset"], r["score"]): r for r in rows}
     for m in doc["ood_metrics"]:
         row = by_key[(m["model"], m["dataset"], m["score"])]
-        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_ood_positive"):
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"):
             assert float(row[metric]) == m[metric]
     for m in doc["id_metrics"]:
         row = by_key[(m["model"], ID, "")]
@@ -97,8 +97,8 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
             for score in scores:
                 m = ood_metrics(id_npz[f"score_{score}"], ood_npz[f"score_{score}"])
                 assert m.auroc == pytest.approx(float(by_key[(label, name, score)]["auroc"]), abs=1e-12)
-                assert m.fpr95 == pytest.approx(float(by_key[(label, name, score)]["fpr95"]), abs=1e-12)
                 row = by_key[(label, name, score)]
+                assert m.fpr95_id_positive == pytest.approx(float(row["fpr95_id_positive"]), abs=1e-12)
                 assert m.fpr95_ood_positive == pytest.approx(float(row["fpr95_ood_positive"]), abs=1e-12)
         fit_npz = np.load(out / "outputs" / f"{label}__fit.npz")  # what fitted scores are refitted from
         assert fit_npz["features"].shape == (400, 64) and len(fit_npz["labels"]) == 400
@@ -269,7 +269,8 @@ def test_failing_cells_are_reported_and_the_others_finish(models, tmp_path, run_
 def test_report_and_plots_exist(first_run):
     out, _ = first_run
     report = (out / "report.md").read_text()
-    for heading in ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95TPR (ID+) (%)", "## Models"):
+    headings = ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95 (OpenOOD v1.5, OOD+) (%)", "## Models")
+    for heading in headings:
         assert heading in report
     assert "tiny.int4" in report and "(reference)" in report
     plots = sorted((out / "plots").glob("*.png"))

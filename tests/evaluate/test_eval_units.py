@@ -59,7 +59,7 @@ def test_deltas_follow_each_models_own_baseline():
             auroc=auroc,
             aupr_in=0.5,
             aupr_out=0.5,
-            fpr95=0.2,
+            fpr95_id_positive=0.2,
             fpr95_ood_positive=0.3,
         )
         for m, auroc in [("a", 0.9), ("a8", 0.45)]

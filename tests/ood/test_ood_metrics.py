@@ -31,10 +31,12 @@ def openood_metrics(id_scores, ood_scores):
     gt[label == -1] = 0
     fpr_list, tpr_list, _ = skm.roc_curve(gt, conf)
     fpr_id_pos = fpr_list[np.argmax(tpr_list >= 0.95)]
-    return dict(auroc=auroc, aupr_in=aupr_in, aupr_out=aupr_out, fpr95=fpr_id_pos, fpr95_ood_positive=fpr_ood_pos)
+    return dict(
+        auroc=auroc, aupr_in=aupr_in, aupr_out=aupr_out, fpr95_id_positive=fpr_id_pos, fpr95_ood_positive=fpr_ood_pos
+    )
 
 
-KEYS = ["auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_ood_positive"]
+KEYS = ["auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"]
 
 
 def assert_matches_openood(id_scores, ood_scores):
@@ -68,16 +70,16 @@ def test_pruning_of_collinear_points_matches_openood():
     id_scores = np.r_[np.full(18, 10.0), 5.0, 4.0, 3.0]
     ood_scores = np.array([5.0, 4.0, 3.0, 0.0])
     assert_matches_openood(id_scores, ood_scores)
-    assert ood_metrics(id_scores, ood_scores).fpr95 == 0.75  # not 0.5: the 20/21 point is pruned
+    assert ood_metrics(id_scores, ood_scores).fpr95_id_positive == 0.75  # not 0.5: the 20/21 point is pruned
 
 
 def test_perfect_and_reversed_separation():
     perfect = ood_metrics(np.array([3.0, 4.0, 5.0]), np.array([0.0, 1.0]))
-    assert (perfect.auroc, perfect.aupr_in, perfect.aupr_out, perfect.fpr95) == (1.0, 1.0, 1.0, 0.0)
+    assert (perfect.auroc, perfect.aupr_in, perfect.aupr_out, perfect.fpr95_id_positive) == (1.0, 1.0, 1.0, 0.0)
     assert perfect.fpr95_ood_positive == 0.0
     reversed_ = ood_metrics(np.array([0.0, 1.0]), np.array([3.0, 4.0, 5.0]))
     assert reversed_.auroc == 0.0
-    assert reversed_.fpr95 == 1.0
+    assert reversed_.fpr95_id_positive == 1.0
 
 
 def test_hand_computed_small_case():
@@ -85,7 +87,7 @@ def test_hand_computed_small_case():
     m = ood_metrics(np.array([1.0, 3.0]), np.array([2.0, 0.0]))
     assert m.auroc == 0.75
     # Keeping 95% of 2 ID needs both -> threshold 1 accepts OOD 2 only -> FPR 1/2.
-    assert m.fpr95 == 0.5
+    assert m.fpr95_id_positive == 0.5
     # PR-in points (recall, precision): (0,1) (.5,1) (.5,.5) (1,2/3) (1,.5); trapezoid = .5 + .5*(.5+2/3)/2
     assert m.aupr_in == pytest.approx(0.5 + 0.25 * (0.5 + 2 / 3))
 
@@ -93,7 +95,7 @@ def test_hand_computed_small_case():
 def test_all_tied_gives_chance_auroc():
     m = ood_metrics(np.ones(7), np.ones(5))
     assert m.auroc == 0.5
-    assert m.fpr95 == 1.0  # ties at the threshold count as accepted
+    assert m.fpr95_id_positive == 1.0  # ties at the threshold count as accepted
 
 
 def test_auroc_agrees_with_sklearn_roc_auc_score():
@@ -162,7 +164,7 @@ def test_roc_curve_matches_sklearn_id_positive():
 def test_metric_titles_and_directions_live_on_the_one_type():
     infos = {m.name: m for m in OOD_METRICS}
     assert list(infos) == KEYS
-    assert infos["fpr95"].title == "FPR@95TPR (ID+)" and infos["fpr95"].better == "lower"
+    assert infos["fpr95_id_positive"].title == "FPR@95TPR (ID+)" and infos["fpr95_id_positive"].better == "lower"
     assert infos["fpr95_ood_positive"].title == "FPR@95 (OpenOOD v1.5, OOD+)"
     assert infos["auroc"].better == "higher"
 

@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from vitqbench.evaluate.results import (
     DatasetInfo,
@@ -40,7 +41,7 @@ def make_results(tmp_path) -> EvalResults:
             auroc=auroc,
             aupr_in=0.7,
             aupr_out=0.6,
-            fpr95=0.3,
+            fpr95_id_positive=0.3,
             fpr95_ood_positive=0.4,
         )
         for m, auroc in (("m.fp32", 0.9), ("m.int4", 0.72))
@@ -111,3 +112,23 @@ def test_report_names_the_weights_and_flags_random_init(tmp_path):
     results.models[1].metadata = {"source": {"kind": "pretrained", "tag": "fb_in1k"}}
     report = render_report(results)
     assert "pretrained fb_in1k" in report and "Random-init" not in report
+
+
+@pytest.mark.parametrize(
+    ("convention", "shown", "other"),
+    [
+        (None, "FPR@95 (OpenOOD v1.5, OOD+) (%)", "fpr95_id_positive"),  # OpenOOD v1.5's leaderboard by default
+        ("id-positive", "FPR@95TPR (ID+) (%)", "fpr95_ood_positive"),
+    ],
+)
+def test_both_fprs_are_named_and_the_convention_picks_the_tables_one(tmp_path, convention, shown, other):
+    from vitqbench.report.markdown import render_report
+    from vitqbench.report.tables import CSV_COLUMNS
+
+    results = make_results(tmp_path)
+    if convention:
+        results.settings["fpr_convention"] = convention
+    report = render_report(results)
+    assert f"## {shown} — score msp (lower is better)" in report
+    assert f"`{other}`" in report and report.count("— score msp (lower is better)") == 1
+    assert {"fpr95_id_positive", "fpr95_ood_positive"} <= set(CSV_COLUMNS) and "fpr95" not in CSV_COLUMNS

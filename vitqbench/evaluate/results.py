@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from vitqbench.ood.metrics import OOD_METRICS, MetricInfo, OODMetrics, metric, metric_infos
+from vitqbench.ood.metrics import (
+    DEFAULT_FPR_CONVENTION,
+    OOD_METRICS,
+    MetricInfo,
+    OODMetrics,
+    headline_fpr,
+    metric,
+    metric_infos,
+)
 
 MEAN = "mean"  # the pseudo OOD set holding averages over the real (non-synthetic) OOD sets
 # OpenOOD v1.5 reports near-OOD and far-OOD separately; synthetic sets (noise) are a sanity check,
@@ -156,6 +164,11 @@ class EvalResults:
         if ungrouped or (not out and MEAN in members):
             out.append(MEAN)
         return out or [m for m in members if m == group_mean(SYNTHETIC)]
+
+    @property
+    def headline_fpr(self) -> str:
+        """The FPR@95 metric tables lead with (``--fpr-convention``; OpenOOD v1.5's by default)."""
+        return headline_fpr(self.settings.get("fpr_convention", DEFAULT_FPR_CONVENTION))
 
     @property
     def score_names(self) -> list[str]:

@@ -35,6 +35,7 @@ from vitqbench.evaluate.results import (
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
 from vitqbench.evaluate.state import fitted_score, score_inputs
 from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
+from vitqbench.ood.metrics import headline_fpr
 from vitqbench.runtime import resolve_provider
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
@@ -61,6 +62,7 @@ class EvalConfig:
     data_roots: dict[str, Path] = field(default_factory=dict)  # per set ("id", "fit", OOD name): list roots
     strict: bool = False
     bench: bool = False
+    fpr_convention: str = "openood"  # which FPR@95 tables lead with: openood (OOD+) or id-positive
     bench_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     progress: bool = True
@@ -99,6 +101,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
     if fit_specs and config.fit is None:
         names = ", ".join(s.label for s in fit_specs)
         raise VitqbenchError(f"score(s) {names} must be fitted: give --fit DATA (e.g. the ID training set)")
+    headline_fpr(config.fpr_convention)  # a typo is one line before anything runs
     resolve_provider(config.provider)  # an unknown or missing provider is one error, not a failure per model
     cache_root = resolve_cache_dir(config.cache_dir)
     cache = OutputCache(cache_root)
@@ -527,6 +530,7 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
         "seed": config.seed,
         "session_policy": SESSION_POLICY,
         "bench": config.bench,
+        "fpr_convention": config.fpr_convention,
     }
 
 

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import MEAN, OOD_GROUPS, EvalResults, mean_title
+from vitqbench.evaluate.results import MEAN, METRICS, OOD_GROUPS, EvalResults, mean_title
 from vitqbench.evaluate.run import EvalConfig, run_eval
 
 
@@ -89,7 +89,8 @@ def print_summary(results: EvalResults, console: Console) -> None:
     means = results.headline_means if score else []
     table = Table(title="vitqbench eval" + (f" (score {score}; means over OOD groups)" if score else ""))
     columns = ["model", "precision", "top-1 %", "Δ top-1"]
-    columns += [f"{metric} {mean_title(m)} %" for m in means for metric in ("AUROC", "FPR@95")]
+    fpr = results.headline_fpr
+    columns += [f"{title} {mean_title(m)} %" for m in means for title in ("AUROC", METRICS[fpr].title)]
     for column in columns:
         left = column in ("model", "precision")
         width = max([len(m.label) for m in results.models] + [5]) if column == "model" else None
@@ -100,7 +101,7 @@ def print_summary(results: EvalResults, console: Console) -> None:
         cells = [m.label, m.precision, _pct(id_row.top1 if id_row else None), f"{100 * d.abs:+.2f}" if d else ""]
         for mean in means:
             ood = results.ood_metric(m.label, mean, score)
-            cells += [_pct(ood.auroc if ood else None), _pct(ood.fpr95 if ood else None)]
+            cells += [_pct(ood.auroc if ood else None), _pct(getattr(ood, fpr) if ood else None)]
         table.add_row(*cells)
     console.print(table)
     errors = Console(stderr=True, emoji=False, soft_wrap=True)

@@ -197,6 +197,7 @@ class SweepOptions:
     pretrained: bool = True  # False: random init everywhere (offline stand-ins)
     bench: bool | None = None  # overrides the study's
     progress: bool = True
+    fpr_convention: str = "openood"  # which FPR@95 tables lead with
 
 
 def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
@@ -262,6 +263,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         bench_options=config.bench_options,
         seed=config.seed,
         progress=options.progress,
+        fpr_convention=options.fpr_convention,
     )
     results = run_eval(eval_config)
     results.failures[:0] = failures

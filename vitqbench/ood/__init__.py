@@ -12,11 +12,13 @@ from vitqbench.ood import head_scores  # noqa: F401
 # isort: on
 from vitqbench.ood.base import SCORES, Score, ScoreInputs, create_score, default_score_names, load_score
 from vitqbench.ood.metrics import (
+    FPR_CONVENTIONS,
     OOD_METRICS,
     MetricInfo,
     OODMetrics,
     RocCurve,
     expected_calibration_error,
+    headline_fpr,
     mean_metrics,
     metric,
     metric_infos,
@@ -26,6 +28,7 @@ from vitqbench.ood.metrics import (
 )
 
 __all__ = [
+    "FPR_CONVENTIONS",
     "OOD_METRICS",
     "SCORES",
     "MetricInfo",
@@ -36,6 +39,7 @@ __all__ = [
     "create_score",
     "default_score_names",
     "expected_calibration_error",
+    "headline_fpr",
     "load_score",
     "mean_metrics",
     "metric",

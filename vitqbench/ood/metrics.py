@@ -49,7 +49,7 @@ class OODMetrics:
     """Detection metrics for one (ID set, OOD set, score); rates in [0, 1]. The one OOD-metrics type:
     eval's rows extend it, tables and reports take titles and directions from ``OOD_METRICS``.
 
-    ``fpr95``: fraction of OOD samples accepted (score >= t) at the largest threshold t that keeps
+    ``fpr95_id_positive``: fraction of OOD samples accepted (score >= t) at the largest threshold t that keeps
     at least 95% of ID samples (ID positive; OpenOOD's ``fpr_recall``, the ODIN/Energy papers).
     ``fpr95_ood_positive``: fraction of ID samples rejected at the threshold catching 95% of OOD;
     what OpenOOD v1.5's ``compute_all_metrics`` and leaderboard report as FPR@95 (OOD positive).
@@ -58,7 +58,7 @@ class OODMetrics:
     auroc: float = metric("AUROC")
     aupr_in: float = metric("AUPR-in")
     aupr_out: float = metric("AUPR-out")
-    fpr95: float = metric("FPR@95TPR (ID+)", lower_is_better=True)
+    fpr95_id_positive: float = metric("FPR@95TPR (ID+)", lower_is_better=True)
     fpr95_ood_positive: float = metric("FPR@95 (OpenOOD v1.5, OOD+)", lower_is_better=True)
     n_id: int
     n_ood: int
@@ -74,6 +74,17 @@ class OODMetrics:
 
 
 OOD_METRICS = metric_infos(OODMetrics)
+# Which FPR@95 leads tables (--fpr-convention); both are always computed and written. OpenOOD v1.5's
+# evaluator and leaderboard report the OOD-positive one, so its published tables compare directly.
+FPR_CONVENTIONS = {"openood": "fpr95_ood_positive", "id-positive": "fpr95_id_positive"}
+DEFAULT_FPR_CONVENTION = "openood"
+
+
+def headline_fpr(convention: str = DEFAULT_FPR_CONVENTION) -> str:
+    """The metric name of the FPR@95 that ``convention`` puts in the headline."""
+    if convention not in FPR_CONVENTIONS:
+        raise VitqbenchError(f"--fpr-convention must be {' or '.join(FPR_CONVENTIONS)}, got {convention!r}")
+    return FPR_CONVENTIONS[convention]
 
 
 def mean_metrics(rows: list[OODMetrics]) -> OODMetrics:
@@ -202,7 +213,7 @@ def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> OODMetrics:
         auroc=_auroc(counts),
         aupr_in=_aupr(counts),
         aupr_out=_aupr(out),
-        fpr95=_fpr_at_tpr(counts),
+        fpr95_id_positive=_fpr_at_tpr(counts),
         fpr95_ood_positive=_fpr_at_tpr(out),
         n_id=id_clean.size,
         n_ood=ood_clean.size,

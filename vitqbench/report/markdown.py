@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from vitqbench.evaluate.results import METRICS, Delta, EvalResults, ModelInfo
+from vitqbench.ood import FPR_CONVENTIONS
 
 METRIC_TITLES = {name: f"{m.title} (%)" for name, m in METRICS.items()}
-REPORT_OOD_METRICS = ("aupr_out", "auroc", "fpr95")
+REPORT_OOD_METRICS = ("aupr_out", "auroc")  # then the headline FPR@95 (results.headline_fpr)
 
 
 def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
@@ -22,9 +23,7 @@ def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
         f"{s['session_policy']}.",
         "",
         "Deltas are against each model's baseline: absolute in percentage points, then relative. "
-        "For ECE and FPR@95 lower is better. FPR@95 is the share of OOD images accepted at 95 % ID recall "
-        "(ID positive, OpenOOD's `fpr_recall`); OpenOOD v1.5's leaderboard treats OOD as positive, "
-        "which results.json/csv hold as `fpr95_ood_positive`.",
+        "For ECE and FPR@95 lower is better. " + _fpr_note(results),
         "",
     ]
     if results.failures:
@@ -38,7 +37,7 @@ def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
         ]
     lines += _models_table(results)
     lines += _id_table(results)
-    for metric in REPORT_OOD_METRICS:
+    for metric in (*REPORT_OOD_METRICS, results.headline_fpr):
         for score in results.score_names:
             lines += _ood_table(results, metric, score)
     if results.bench:
@@ -57,6 +56,19 @@ def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fpr_note(results: EvalResults) -> str:
+    """Which FPR@95 the tables show, and where the other one is."""
+    shown = results.headline_fpr
+    other = next(name for name in FPR_CONVENTIONS.values() if name != shown)
+    convention = next(k for k, v in FPR_CONVENTIONS.items() if v == shown)
+    return (
+        f"The tables show **{METRICS[shown].title}** (`--fpr-convention {convention}`); "
+        f"{METRICS[other].title} is in results.json/csv as `{other}`. "
+        "ID+: share of OOD images accepted at 95 % ID recall (OpenOOD's `fpr_recall`); OOD+: share of ID images "
+        "rejected at 95 % OOD recall (what OpenOOD v1.5's evaluator and leaderboard report)."
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -46,7 +46,7 @@ def write_plots(results: EvalResults, plot_dir: Path) -> list[Path]:
                 results, plot_dir, "top1", lambda m: _id_value(results, m, "top1"), results.id_dataset or "ID"
             )
         )
-    for metric in ("auroc", "aupr_out", "fpr95"):
+    for metric in ("auroc", "aupr_out", results.headline_fpr):
         written.append(_score_bars(results, plot_dir, metric))
     if results.score_names:
         primary = results.score_names[0]
