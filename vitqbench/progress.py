@@ -1,15 +1,105 @@
-"""Rich progress bars, one way everywhere: on stderr, so stdout stays the command's result."""
+"""Progress, one way everywhere: on stderr, so stdout stays the command's result.
+
+On a terminal it is a rich bar. In a log or a pipe a live bar is useless (rich would print its final
+state at the end, cut to 80 columns), so each task prints a plain line instead: when it starts to be
+slow, then at least every ``log_interval`` seconds, and when it finishes (step, count, rate, ETA).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
-from rich.progress import Progress, ProgressColumn
+from rich.progress import Progress, ProgressColumn, Task, TaskID, TextColumn
+
+LOG_INTERVAL = 10.0  # seconds between plain progress lines in a log
 
 
-def progress_bar(*columns: str | ProgressColumn, enabled: bool = True, transient: bool = True) -> Progress:
-    """A bar on stderr. A transient bar is off when stderr is not a terminal: rich would leave a
-    blank line in logs and pipes where the bar was; a kept bar prints its final state there."""
+def progress_bar(
+    *columns: str | ProgressColumn,
+    enabled: bool = True,
+    transient: bool = True,
+    log_interval: float = LOG_INTERVAL,
+    get_time: Callable[[], float] | None = None,
+) -> Progress:
+    """A bar on stderr, or plain lines every ``log_interval`` s where stderr is not a terminal
+    (``log_interval=0``: a line at every update, e.g. one per training epoch). ``transient`` only
+    matters on a terminal: the bar disappears when done instead of staying on screen."""
     console = Console(stderr=True, emoji=False)
-    return Progress(
-        *columns, console=console, transient=transient, disable=not enabled or (transient and not console.is_terminal)
-    )
+    if enabled and not console.is_terminal:
+        return LogProgress(*columns, console=console, log_interval=log_interval, get_time=get_time)
+    return Progress(*columns, console=console, transient=transient, disable=not enabled, get_time=get_time)
+
+
+class LogProgress(Progress):
+    """A Progress without a live display: it prints plain lines as it advances."""
+
+    def __init__(
+        self,
+        *columns: str | ProgressColumn,
+        console: Console,
+        log_interval: float,
+        get_time: Callable[[], float] | None = None,
+    ):
+        super().__init__(*columns, console=console, disable=True, get_time=get_time)
+        self.log_interval = log_interval
+        self._printed: dict[TaskID, float] = {}  # task -> time of its last line
+        self._finished: set[TaskID] = set()
+
+    def add_task(self, *args, **kwargs) -> TaskID:
+        task_id = super().add_task(*args, **kwargs)
+        self._printed[task_id] = self.get_time()
+        return task_id
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._maybe_print(task_id)
+
+    def update(self, task_id: TaskID, *args, **kwargs) -> None:
+        super().update(task_id, *args, **kwargs)
+        if kwargs.get("advance") or kwargs.get("completed") is not None:  # not for a visibility change
+            self._maybe_print(task_id)
+
+    def _maybe_print(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        now = self.get_time()
+        if task_id in self._finished:
+            return
+        if task.finished:
+            self._finished.add(task_id)
+        elif now - self._printed[task_id] < self.log_interval:
+            return
+        self._printed[task_id] = now
+        self.console.print(self.line(task), markup=False, highlight=False, soft_wrap=True)
+
+    def line(self, task: Task) -> str:
+        """``step: done/total (pct), rate/s, elapsed, eta[, description]`` in plain text."""
+        text_column = next((c for c in self.columns if isinstance(c, TextColumn)), None)
+        step = text_column.render(task).plain.strip() if text_column else task.description
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else None
+        count = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
+        parts = [f"{step or 'progress'}: {count}"]
+        if task.total:
+            parts[0] += f" ({100 * task.completed / task.total:.0f} %)"
+        if rate:
+            parts.append(f"{rate:.3g}/s")
+        parts.append(f"{_duration(elapsed)} elapsed")
+        if task.finished:
+            parts.append("done")
+        elif rate and task.total:
+            parts.append(f"eta {_duration((task.total - task.completed) / rate)}")
+        if task.description and task.description not in step:  # e.g. training's loss, in a later column
+            parts.append(task.description)
+        return ", ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

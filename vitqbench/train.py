@@ -160,13 +160,15 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True, cache_dir
     val_accuracy = float("nan")
     start = time.perf_counter()
     columns = (
-        TextColumn("[bold]train[/] {task.description}"),
+        TextColumn("[bold]train[/]"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} epochs"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.description}"),
     )
-    with progress_bar(*columns, enabled=progress, transient=False) as bar:
+    # In a log: one line per epoch (log_interval 0), epochs being few and slow.
+    with progress_bar(*columns, enabled=progress, transient=False, log_interval=0) as bar:
         task = bar.add_task("", total=config.epochs)
         for _epoch in range(config.epochs):
             model.train()
