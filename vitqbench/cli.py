@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import INSTALL_CPU, INSTALL_GPU, VitqbenchError
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 
 app = typer.Typer(
@@ -424,6 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="vitqbench")
     except VitqbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnxruntime":
+            raise
+        print(f"error: ONNX Runtime is not installed: {INSTALL_CPU}, or {INSTALL_GPU} for CUDA", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 import psutil
 
-from vitqbench.errors import VitqbenchError, first_line
+from vitqbench.errors import SWAP_TO_GPU, VitqbenchError, first_line
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -28,7 +28,7 @@ def resolve_provider(name: str) -> str:
     provider = PROVIDERS[key]
     available = ort.get_available_providers()
     if provider not in available:
-        hint = " (install the GPU wheel: pip install 'vitqbench[gpu]')" if key != "cpu" else ""
+        hint = f" (the GPU wheel replaces the CPU one: {SWAP_TO_GPU})" if key != "cpu" else ""
         raise VitqbenchError(
             f"provider {name} ({provider}) is not available; available: {', '.join(available)}{hint}"
         )
