@@ -9,6 +9,7 @@ full-precision model of its own family, which is evaluated even when [[precision
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -204,11 +205,13 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     """Export and quantize what is missing, then evaluate every model file in one eval run."""
     from vitqbench.data import load_dataset
     from vitqbench.evaluate.cache import resolve_cache_dir
+    from vitqbench.export.model import WeightsUnavailable, hub_reachable
 
     if options.data_root is not None and not options.data_root.is_dir():
         raise VitqbenchError(f"--data-root {options.data_root} is not a folder")
     models_dir = check_output_dir(options.out) / "models"
     _check_id_set(config, options)
+    new_dirs = [d for d in (options.out, models_dir) if not d.exists()]  # removed again if nothing comes of it
     models_dir.mkdir(parents=True, exist_ok=True)
     cache_root = resolve_cache_dir(options.cache_dir)
     failures: list[Failure] = []
@@ -218,10 +221,14 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
     calib, calib_root = _calib_source(config, options)
     # The calibration set's content key, read once per run and only if a precision calibrates.
     calib_key = functools.cache(lambda: load_dataset(calib, data_root=calib_root, seed=config.seed).key)
+    unavailable: list[str] = []  # pretrained weights that cannot be had: reported as one list
     for model in config.models:
         fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
         try:
             _ensure_export(model, fp32, options.pretrained, options.progress)
+        except WeightsUnavailable:
+            unavailable.append(model.name)
+            continue
         except VitqbenchError as exc:
             failures.append(Failure(f"{model.slug}", None, "export", str(exc)))
             continue
@@ -241,7 +248,17 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             paths.append(path)
             labels.append(label)
         baseline_of.update({label: f"{model.slug}.{FP32}" for label in family})
+    if unavailable:
+        reason = "no network" if not hub_reachable() else "offline or not published"
+        message = (
+            f"pretrained weights unavailable for {len(unavailable)} model(s) ({reason}): {', '.join(unavailable)}; "
+            "give `checkpoint = PATH` in [[models]], or --no-pretrained"
+        )
+        failures.insert(0, Failure(None, None, "export", message))
     if not paths:
+        for folder in reversed(new_dirs):  # a failed run leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise VitqbenchError("no model could be exported or quantized: " + "; ".join(f.describe() for f in failures))
     eval_config = EvalConfig(
         models=paths,

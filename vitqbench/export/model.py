@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import logging
+import socket
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,7 @@ from typing import Any
 import timm
 import torch
 from timm.data import resolve_model_data_config
-from timm.models import is_model, split_model_name_tag
+from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
 from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.files import sha256_file
@@ -48,16 +52,66 @@ def check_model_name(name: str) -> tuple[str, str | None]:
     return arch, tag or None
 
 
+HUB_PROBE_SECONDS = 3.0  # how long the one reachability check of the weights' host may take
+
+
+class WeightsUnavailable(VitqbenchError):
+    """Pretrained weights that cannot be had: offline (and not cached) or not published."""
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face Hub can be reached, checked once per process in a few seconds.
+
+    False under ``HF_HUB_OFFLINE=1``. Without this check an offline download retries for minutes."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    result: list[bool] = []
+
+    def probe() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return bool(result and result[0])
+
+
 @contextlib.contextmanager
-def _quiet_hub() -> Iterator[None]:
-    """Silence the hub's per-retry log lines; the failure is reported once, by us."""
+def _hub_access(model: str) -> Iterator[None]:
+    """Quiet hub logging (the failure is reported once, by us) and, without network, the hub's offline
+    mode: cached weights still load, missing ones fail at once instead of after minutes of retries."""
+    from huggingface_hub import constants
+
     logger = logging.getLogger("huggingface_hub")
-    level = logger.level
+    level, offline = logger.level, constants.HF_HUB_OFFLINE
     logger.setLevel(logging.CRITICAL)
     try:
+        if not hub_reachable():
+            cfg = get_pretrained_cfg(model)
+            url = getattr(cfg, "url", None)
+            if cfg is not None and not getattr(cfg, "hf_hub_id", None) and url:  # torch.hub download
+                if not (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():
+                    raise WeightsUnavailable(_unavailable(model, "no network"))
+            constants.HF_HUB_OFFLINE = True
         yield
     finally:
+        constants.HF_HUB_OFFLINE = offline
         logger.setLevel(level)
+
+
+def _unavailable(model: str, reason: str) -> str:
+    return (
+        f"cannot load pretrained weights for {model} (offline or not published: {reason}); "
+        "use --checkpoint PATH for local weights or --no-pretrained"
+    )
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -166,18 +220,18 @@ def build_model(
     use_pretrained = pretrained and checkpoint is None
     torch.manual_seed(seed)
     try:
-        with _quiet_hub():
+        with _hub_access(model) if use_pretrained else contextlib.nullcontext():
             net = timm.create_model(model, pretrained=use_pretrained, **kwargs)
     except TypeError as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
         raise VitqbenchError(f"bad model option for {arch} ({given}): {first_line(exc)}") from exc
+    except WeightsUnavailable:
+        raise
     except Exception as exc:
         if not use_pretrained:
             raise VitqbenchError(f"cannot build {arch} with {kwargs}: {first_line(exc)}") from exc
-        raise VitqbenchError(
-            f"cannot load pretrained weights for {model} (offline or not published: "
-            f"{type(exc).__name__}); use --checkpoint PATH for local weights or --no-pretrained"
-        ) from exc
+        reason = "no network" if not hub_reachable() else type(exc).__name__
+        raise WeightsUnavailable(_unavailable(model, reason)) from exc
     if checkpoint is not None:
         apply_state_dict(net, load_state_dict(Path(checkpoint)), Path(checkpoint))
         source = {"kind": "checkpoint", "path": str(checkpoint), "sha256": sha256_file(checkpoint)}
