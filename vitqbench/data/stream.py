@@ -17,16 +17,21 @@ records it, and every pass (decoding or cached) leaves it out of the batches and
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +45,7 @@ from vitqbench.data.builtin import noise_image
 from vitqbench.data.dataset import Dataset
 from vitqbench.data.preprocess import Geometry, Normalization, normalize, prepare_image
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import atomic_path, default_cache_dir, write_text_atomic
+from vitqbench.files import UNREADABLE, atomic_path, default_cache_dir, remove_stale_temps, write_text_atomic
 from vitqbench.metadata import DataConfig
 
 log = logging.getLogger("vitqbench.data")
@@ -87,15 +92,39 @@ def decode_chunk(sources: Sequence[Any], geometry: Geometry) -> tuple[np.ndarray
 # ---- streaming ---------------------------------------------------------------------------------
 
 
+def _worker_init(parent: int, parent_started: float) -> None:
+    """Ctrl-C is the parent's to handle (each worker would print a traceback), and a worker outlives
+    no parent: killed with SIGKILL, the parent cannot shut its pool down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent, parent_started), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, parent_started: float, every: float = 0.5) -> None:
+    import psutil
+
+    while True:
+        time.sleep(every)
+        try:
+            proc = psutil.Process(parent)
+            alive = proc.create_time() == parent_started and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            alive = False
+        if not alive:
+            os._exit(1)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
+    import psutil
+
+    init = {"initializer": _worker_init, "initargs": (os.getpid(), psutil.Process().create_time())}
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if main_file and not os.path.isfile(main_file):  # e.g. a script read from stdin: nothing to re-import
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"), **init)
     # forkserver, not fork: the caller may hold ONNX Runtime / torch threads that a fork would copy
     # mid-flight. Preloading __main__ once in the server spares every worker re-importing the script.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", __name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **init)
 
 
 def _decoded_chunks(
@@ -235,7 +264,7 @@ def _open_cache(dataset: Dataset, geometry: Geometry, files: tuple[Path, Path]) 
     try:
         info = json.loads(sidecar.read_text())
         cached = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError):
+    except UNREADABLE:  # damaged, foreign or zero-length: decoded again
         return None
     if not isinstance(info, dict) or not isinstance(info.get("skipped"), list):
         return None
@@ -243,6 +272,9 @@ def _open_cache(dataset: Dataset, geometry: Geometry, files: tuple[Path, Path]) 
         return None
     for index, reason in info["skipped"]:
         _record_skip(dataset, int(index), reason)
+    for path in files:  # used now: `vitqbench cache clear --older-than` keeps it
+        with suppress(OSError):
+            os.utime(path)
     return cached
 
 
@@ -253,9 +285,11 @@ def _cache_writer(dataset: Dataset, geometry: Geometry, files: tuple[Path, Path]
         npy.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VitqbenchError(f"cannot create cache directory {npy.parent}: {exc.strerror}") from exc
+    remove_stale_temps(npy.parent)  # what killed runs left behind
     with atomic_path(npy, suffix=".npy") as tmp:
         shape = (len(dataset), *geometry.shape)
         sink = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _preallocate(tmp)
         yield sink
         # no msync: it would wait for the disk; the page cache already serves the renamed file
         del sink
@@ -267,6 +301,24 @@ def _cache_writer(dataset: Dataset, geometry: Geometry, files: tuple[Path, Path]
         "skipped": [[i, reason] for i, reason in sorted(dataset.skipped_reasons.items())],
     }
     write_text_atomic(sidecar, json.dumps(info))
+
+
+def _preallocate(path: Path) -> None:
+    """Reserve the memory-mapped file's blocks now: on a full disk, writing into a sparse map ends the
+    process with SIGBUS ("Bus error"); here it is one clear error and the temporary file goes."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return  # a file system without fallocate: nothing reserved, nothing lost
+            free = shutil.disk_usage(path.parent).free
+            raise VitqbenchError(
+                f"not enough space for the decode cache in {path.parent}: {size / 2**20:.1f} MiB needed, "
+                f"{free / 2**20:.1f} MiB free ({exc.strerror}); free space, point --cache-dir or "
+                "VITQBENCH_CACHE elsewhere, or use --no-decode-cache"
+            ) from exc
 
 
 @contextmanager
