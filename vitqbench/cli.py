@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from vitqbench.errors import INSTALL_CPU, INSTALL_GPU, VitqbenchError
+from vitqbench.errors import INSTALL_CPU, INSTALL_GPU, Interrupted, VitqbenchError, interrupted_message
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 
 app = typer.Typer(
@@ -281,6 +282,9 @@ def eval_(
         help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    decode_cache: bool = typer.Option(
+        True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
+    ),
 ) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
     from vitqbench.evaluate import EvalConfig, finish_run, parse_id_arg, parse_ood_args
@@ -306,6 +310,7 @@ def eval_(
         strict=strict,
         progress=progress,
         fpr_convention=fpr_convention,
+        decode_cache=decode_cache,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console)
 
@@ -335,6 +340,9 @@ def sweep(
         help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    decode_cache: bool = typer.Option(
+        True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
+    ),
 ) -> None:
     """Run a declarative study (models x precisions x datasets) from a TOML file or preset."""
     from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, preset_text
@@ -358,6 +366,7 @@ def sweep(
         bench=bench_,
         progress=progress,
         fpr_convention=fpr_convention,
+        decode_cache=decode_cache,
     )
     finish_sweep(study, options, save_outputs=save_outputs, console=console)
 
@@ -418,8 +427,54 @@ def demo(
     run_demo(DemoConfig(out=out, dataset=dataset, epochs=epochs, seed=seed, cache_dir=cache_dir), console)
 
 
+# ----------------------------------------------------------------------------------------------- cache
+cache_app = typer.Typer(help="See or clear the cache: decoded images, model outputs, fitted scores, demo checkpoints.")
+app.add_typer(cache_app, name="cache")
+CACHE_DIR_OPTION = typer.Option(
+    None, "--cache-dir", help="Cache folder (default: $VITQBENCH_CACHE or ~/.cache/vitqbench)."
+)
+
+
+@cache_app.command("info")
+def cache_info_(cache_dir: Path | None = CACHE_DIR_OPTION) -> None:
+    """What the cache holds, per part, and where."""
+    from vitqbench.evaluate.cache import cache_info, resolve_cache_dir
+
+    root = resolve_cache_dir(cache_dir)
+    parts = cache_info(root)
+    for part in parts:
+        since = f", oldest {time.strftime('%Y-%m-%d', time.localtime(part.oldest))}" if part.oldest else ""
+        console.print(
+            f"{part.name:8s} {part.bytes / 2**20:10.1f} MiB  {part.files:6d} files{since}  ({part.description})",
+            markup=False,
+            highlight=False,
+        )
+    total = sum(p.bytes for p in parts)
+    console.print(f"{root}: {total / 2**20:.1f} MiB in all", markup=False, highlight=False)
+
+
+@cache_app.command("clear")
+def cache_clear_(
+    cache_dir: Path | None = CACHE_DIR_OPTION,
+    older_than: float | None = typer.Option(
+        None, "--older-than", help="Only entries not written or used for this many days (default: everything)."
+    ),
+) -> None:
+    """Remove cache entries: all of them, or those unused for --older-than DAYS."""
+    from vitqbench.evaluate.cache import clear_cache, resolve_cache_dir
+
+    root = resolve_cache_dir(cache_dir)
+    files, size = clear_cache(root, older_than)
+    console.print(f"removed {files} file(s), {size / 2**20:.1f} MiB, from {root}", markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2; Ctrl-C one line and 130."""
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         app(args=argv, prog_name="vitqbench")
     except VitqbenchError as exc:
@@ -430,9 +485,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: ONNX Runtime is not installed: {INSTALL_CPU}, or {INSTALL_GPU} for CUDA", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        print(interrupted_message(exc), file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -17,3 +17,18 @@ def first_line(exc: BaseException | str) -> str:
     if text:
         return text.splitlines()[0]
     return "unknown error" if isinstance(exc, str) else type(exc).__name__
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, as the CLI raises it instead of KeyboardInterrupt (which typer turns into a silent exit).
+
+    A BaseException, so that no ``except Exception`` in the library mistakes it for a failed cell. A
+    study that is interrupted sets ``cells_kept`` (on this or on a KeyboardInterrupt) before re-raising."""
+
+    cells_kept: int | None = None
+
+
+def interrupted_message(exc: BaseException) -> str:
+    kept = getattr(exc, "cells_kept", None)
+    return "interrupted" if kept is None else f"interrupted; {kept} cell(s) kept, re-run to resume"
+

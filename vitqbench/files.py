@@ -1,17 +1,24 @@
-"""Small file helpers: atomic writes and content hashes."""
+"""Small file helpers: atomic writes, locks, stale temporary files and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from vitqbench.errors import VitqbenchError
 
 CACHE_ENV = "VITQBENCH_CACHE"
+
+# What reading a damaged or foreign cache file raises (np.load of a zero-length file: EOFError).
+# Such an entry is a cache miss, recomputed, never trusted.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def default_cache_dir() -> Path:
@@ -45,12 +52,15 @@ def check_output_dir(path: str | Path) -> Path:
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left at ``path``: on any exception the temporary file is removed.
+    Nothing half-written is ever left at ``path``: on any exception the temporary file is removed. The
+    temporary file is locked while it is written, so that a later run can tell a killed run's
+    leftover (unlocked: see ``remove_stale_temps``) from a concurrent run's file in progress.
+    A full disk is one clear error naming the path.
     """
     path = check_output_file(path)
     parent = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -61,9 +71,59 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             with open(tmp_path, "rb") as f:  # on disk before the rename, so a crash never leaves zeros
                 os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise VitqbenchError(f"no space left on the device writing {path}: free space there") from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | Path, before: float | None = None) -> int:
+    """Remove temporary files that killed runs left in ``folder`` (``atomic_path``'s dot files):
+    only those older than this process (or ``before``) and not locked by a live writer."""
+    import psutil
+
+    before = psutil.Process().create_time() if before is None else before
+    removed = 0
+    for entry in Path(folder).glob(".*"):
+        try:
+            if not entry.is_file() or entry.stat().st_mtime >= before:
+                continue
+            with open(entry, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a writer holds it
+                entry.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive use of ``path`` across processes (an advisory lock); the lock file is removed on release.
+
+    Removing it is safe because a waiter that wakes up on a file that is no longer at ``path`` (the
+    holder unlinked it) starts over on the new file."""
+    path = Path(path)
+    while True:
+        handle = open(path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        handle.close()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -8,10 +8,11 @@ cell is merged into one file and its shards removed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
-import zipfile
+import os
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,91 @@ from typing import Any
 import numpy as np
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import atomic_path, default_cache_dir
+from vitqbench.files import UNREADABLE, atomic_path, default_cache_dir, file_lock, remove_stale_temps
+
+# What each part keeps under the cache root.
+CACHE_PARTS = {
+    "decoded": "decoded images (per dataset and input geometry)",
+    "outputs": "model outputs (per model file, dataset and provider)",
+    "scores": "fitted OOD-score state",
+    "demo": "the demo's trained checkpoints",
+}
 
 
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    """The cache root, created if needed; temporary files of killed runs in it are removed."""
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VitqbenchError(f"cannot create cache directory {root}: {exc.strerror}") from exc
+    for folder in [root / part for part in CACHE_PARTS] + list((root / "outputs").glob("*.parts")):
+        if folder.is_dir():
+            remove_stale_temps(folder)
     return root
+
+
+@dataclass
+class CachePart:
+    name: str
+    description: str
+    files: int
+    bytes: int
+    oldest: float | None  # mtime: when an entry was last written or used
+
+
+def cache_info(root: Path) -> list[CachePart]:
+    """What the cache holds, per part."""
+    parts = []
+    for name, description in CACHE_PARTS.items():
+        files = [f for f in _entries(root / name)]
+        stats = [f.stat() for f in files]
+        parts.append(
+            CachePart(
+                name,
+                description,
+                len(stats),
+                sum(st.st_size for st in stats),
+                min((st.st_mtime for st in stats), default=None),
+            )
+        )
+    return parts
+
+
+def clear_cache(root: Path, older_than_days: float | None = None) -> tuple[int, int]:
+    """Remove cache entries (all, or those not written or used for ``older_than_days``): (files, bytes)."""
+    if older_than_days is not None and not older_than_days >= 0:
+        raise VitqbenchError(f"--older-than must be a number of days >= 0 (got {older_than_days})")
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    count = size = 0
+    for name in CACHE_PARTS:
+        for entry in _entries(root / name):
+            st = entry.stat()
+            if cutoff is None or st.st_mtime < cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                    count += 1
+                    size += st.st_size
+        for parts_dir in (root / name).glob("*.parts"):
+            with contextlib.suppress(OSError):
+                parts_dir.rmdir()  # only once empty
+    if cutoff is None:
+        for name in CACHE_PARTS:
+            shutil.rmtree(root / name, ignore_errors=True)
+    return count, size
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The files of one cache part (shards of unfinished cells included), not the lock files."""
+    if not folder.is_dir():
+        return []
+    return [f for f in folder.rglob("*") if f.is_file() and f.suffix != ".lock"]
+
+
+def touch(path: Path) -> None:
+    """Mark a cache entry as used now (``cache clear --older-than`` keeps what is in use)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 @dataclass
@@ -107,25 +183,18 @@ class OutputCache:
         if not path.is_file():
             return None
         try:
-            return Outputs.load(path)
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            zipfile.BadZipFile,
-        ):  # a foreign or damaged file is recomputed, never trusted
+            out = Outputs.load(path)
+        except UNREADABLE:  # a foreign, damaged or empty file is recomputed, never trusted
             path.unlink(missing_ok=True)
             return None
+        touch(path)
+        return out
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Exclusive use of one cell across processes (an advisory lock on ``KEY.lock``)."""
-        with open(self.dir / f"{key}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Exclusive use of one cell across processes (an advisory lock on ``KEY.lock``, removed after)."""
+        with file_lock(self.dir / f"{key}.lock"):
+            yield
 
     def parts_dir(self, key: str) -> Path:
         return self.dir / f"{key}.parts"
@@ -136,7 +205,7 @@ class OutputCache:
         for shard in sorted(parts_dir.glob("*.npz")) if parts_dir.is_dir() else []:
             try:
                 parts.append(Outputs.load(shard))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            except UNREADABLE:
                 shard.unlink(missing_ok=True)
         return parts
 
@@ -172,7 +241,10 @@ def score_state_key(fit_outputs_key: str, score: str, version: int, params: dict
 
 
 __all__ = [
+    "CACHE_PARTS",
     "OutputCache",
+    "cache_info",
+    "clear_cache",
     "Outputs",
     "outputs_key",
     "resolve_cache_dir",

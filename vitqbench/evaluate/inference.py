@@ -23,6 +23,7 @@ def run_cell(
     *,
     batch_size: int,
     image_cache_dir: Path | None,
+    decode_cache: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[Outputs, int]:
     """Outputs of ``session`` on every readable sample of ``dataset``, and how many were run now.
@@ -76,6 +77,7 @@ def run_cell(
                 cache_dir=image_cache_dir,
                 progress=False,
                 indices=None if len(todo) == len(dataset) else todo,
+                cache=decode_cache,
             )
             for batch in batches:
                 images = np.ascontiguousarray(batch.images, dtype=np.float32)

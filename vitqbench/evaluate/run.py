@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vitqbench.errors import VitqbenchError, first_line
+from vitqbench.errors import Interrupted, VitqbenchError, first_line
 from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
 from vitqbench.evaluate.inference import run_cell
 from vitqbench.evaluate.progress import CellProgress
@@ -66,6 +66,7 @@ class EvalConfig:
     bench_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     progress: bool = True
+    decode_cache: bool = True  # keep decoded images under the cache root (False: decode every pass)
 
 
 @dataclass
@@ -148,11 +149,15 @@ def run_eval(config: EvalConfig) -> EvalResults:
         warnings=warnings,
     )
     run_data = [id_data, *([fit_data] if fit_data is not None else []), *ood_data]
-    with CellProgress(enabled=config.progress) as progress:
-        for model in models:
-            outputs = _model_outputs(config, model, run_data, cache, results, progress)
-            _score_model(config, model, specs, outputs, id_data, fit_data, ood_data, cache_root, results)
-            del outputs  # one model's outputs in memory at a time
+    try:
+        with CellProgress(enabled=config.progress) as progress:
+            for model in models:
+                outputs = _model_outputs(config, model, run_data, cache, results, progress)
+                _score_model(config, model, specs, outputs, id_data, fit_data, ood_data, cache_root, results)
+                del outputs  # one model's outputs in memory at a time
+    except (KeyboardInterrupt, Interrupted) as exc:  # finished cells (and shards) stay in the cache
+        exc.cells_kept = results.cache["hits"] + results.cache["computed"]
+        raise
     if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
         reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
         raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
@@ -410,6 +415,7 @@ def _model_outputs(
                     key,
                     batch_size=config.batch_size,
                     image_cache_dir=cache.dir.parent,  # the data part keeps its decode cache in ROOT/decoded
+                    decode_cache=config.decode_cache,
                     on_batch=advance,
                 )
         except (KeyboardInterrupt, SystemExit):
@@ -421,7 +427,10 @@ def _model_outputs(
                 break
             continue
         results.cache["samples_computed"] += computed
-        results.cache["computed"] += 1
+        if computed:
+            results.cache["computed"] += 1
+        else:  # another run finished the cell while this one waited for its lock
+            results.cache["hits"] += 1
         outputs[name] = out
     return outputs
 

@@ -199,6 +199,7 @@ class SweepOptions:
     bench: bool | None = None  # overrides the study's
     progress: bool = True
     fpr_convention: str = "openood"  # which FPR@95 tables lead with
+    decode_cache: bool = True
 
 
 def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
@@ -281,6 +282,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         seed=config.seed,
         progress=options.progress,
         fpr_convention=options.fpr_convention,
+        decode_cache=options.decode_cache,
     )
     results = run_eval(eval_config)
     results.failures[:0] = failures

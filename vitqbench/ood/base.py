@@ -57,7 +57,7 @@ def load_score(path: str | Path) -> Score:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: a zero-length file
         raise VitqbenchError(f"cannot read fitted score state {path}: {exc}") from exc
     return Score.from_state_dict(arrays)
 
