@@ -23,6 +23,7 @@ from vitqbench.export import export_model
 from vitqbench.files import check_output_dir, default_cache_dir
 from vitqbench.quant import quantize_model
 from vitqbench.quant.calibration import CalibConfig
+from vitqbench.quant.int4 import Int4Config
 from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model
 
 
@@ -74,6 +75,11 @@ def demo_data(dataset: str, ood_size: int) -> DemoData:
     raise VitqbenchError(f"unknown demo dataset {dataset!r}; choose digits or fashion-mnist")
 
 
+# Float results depend on how many threads split the work (torch's training reductions above all):
+# a fixed count makes the demo's numbers the same on any machine with the same library versions.
+DEMO_THREADS = 2
+
+
 @dataclass
 class DemoConfig:
     out: Path = Path("vitqbench-demo")
@@ -85,13 +91,14 @@ class DemoConfig:
     scores: str | None = None  # None: every score eval can run
     seed: int = 0
     cache_dir: Path | None = None
+    threads: int = DEMO_THREADS  # torch and ONNX Runtime threads for training, quantization and eval
     extra_train: dict = field(default_factory=dict)  # TrainConfig overrides (tests shrink the run)
 
 
 def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
     """Train, or reuse the checkpoint an earlier demo trained with the same settings."""
     options = {"model_kwargs": data.model_kwargs, **config.extra_train}
-    train = TrainConfig(data=data.train, seed=config.seed, **options)
+    train = TrainConfig(data=data.train, seed=config.seed, threads=config.threads, **options)
     if config.epochs is not None:
         train.epochs = config.epochs
     described = {**asdict(train), "default_kwargs": DEFAULT_KWARGS}  # a changed default must not reuse
@@ -131,7 +138,8 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     calib = CalibConfig(data=data.train, size=config.calib_size, seed=config.seed, cache_dir=config.cache_dir)
     for bits in (8, 4):
         path = models / f"int{bits}.onnx"
-        record = quantize_model(fp32, path, bits, calib=calib).quantization or {}
+        int4 = Int4Config(threads=config.threads) if bits == 4 else None
+        record = quantize_model(fp32, path, bits, int4=int4, calib=calib).quantization or {}
         console.print(f"{path}: {record.get('algorithm', '?')}, {path.stat().st_size / 1e6:.2f} MB")
 
     console.rule("[4/4] eval: ID accuracy, OOD detection, latency")
@@ -144,6 +152,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
         fit=data.train,
         scores=config.scores,
         cache_dir=config.cache_dir,
+        threads=config.threads,
         bench=config.bench_iters > 0,
         bench_options={"iters": config.bench_iters, "warmup": 5, "batches": (1,)},
         seed=config.seed,
