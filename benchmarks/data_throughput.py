@@ -1,6 +1,13 @@
 """Decode throughput: the first (uncached) pass and the cached second pass, at 224x224.
 
     python benchmarks/data_throughput.py [--images 512] [--batch-size 64] [--workers N] [--workdir DIR]
+    python benchmarks/data_throughput.py --stores [--images 1024]
+
+``--stores`` compares decode-cache formats on the same decoded 224x224 images: raw uint8 (what the
+cache stores: one memory-mapped .npy) against lossless compressed stores (PNG at zlib level 1 and 6,
+WebP lossless), each as bytes per image and as a cached pass: read the store, decode it if compressed
+(a thread per core: Pillow's decoders release the GIL), normalize into float32 batches. It also times
+encoding, the extra cost a compressed store adds to the first pass.
 
 Writes real JPEG files (ImageNet-like 500x375 crops of scikit-learn's sample photos, quality 90),
 then times ``iter_batches`` with DeiT's config (bicubic, crop_pct 0.875): pass 1 decodes with all
@@ -115,6 +122,67 @@ def report(label: str, count: int, meter: CpuMeter, extra: str = "") -> None:
     )
 
 
+STORES = {  # name -> Pillow save options; None: raw uint8
+    "raw uint8 (.npy)": None,
+    "png level 1": {"format": "PNG", "compress_level": 1},
+    "png level 6": {"format": "PNG", "compress_level": 6},
+    "webp lossless": {"format": "WEBP", "lossless": True, "quality": 0, "method": 0},
+}
+
+
+def _encode(image: np.ndarray, options: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, **options)
+    return buffer.getvalue()
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    import io
+
+    with Image.open(io.BytesIO(blob)) as img:
+        return np.asarray(img)
+
+
+def compare_stores(dataset, cache_dir: Path, batch_size: int, repeats: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vitqbench.data import decoded_images
+    from vitqbench.data.preprocess import Normalization, normalize
+    from vitqbench.data.stream import default_workers
+
+    images = np.ascontiguousarray(decoded_images(dataset, DEIT, cache_dir=cache_dir, progress=False))
+    norm = Normalization.from_config(DEIT)
+    n = len(images)
+    print(f"\ndecode-cache stores, {n} images 224x224x3 ({default_workers()} threads):")
+    print(f"{'store':20s} {'KiB/image':>10s} {'x raw':>6s} {'encode img/s':>13s} {'cached pass img/s':>18s}")
+    with ThreadPoolExecutor(default_workers()) as pool:
+        for name, options in STORES.items():
+            if options is not None and options["format"] == "WEBP":
+                from PIL import features
+
+                if not features.check("webp"):
+                    print(f"{name:20s} (Pillow built without WebP)")
+                    continue
+            start = time.perf_counter()
+            blobs = None if options is None else list(pool.map(lambda im, o=options: _encode(im, o), images))
+            encode = n / (time.perf_counter() - start) if blobs is not None else float("nan")
+            size = images[0].nbytes if blobs is None else float(np.mean([len(b) for b in blobs]))
+            walls = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for lo in range(0, n, batch_size):
+                    out = np.empty((min(batch_size, n - lo), 3, 224, 224), np.float32)
+                    part = images[lo : lo + batch_size] if blobs is None else np.stack(
+                        list(pool.map(_decode, blobs[lo : lo + batch_size]))
+                    )
+                    normalize(part, norm, out)
+                walls.append(time.perf_counter() - start)
+            cached = n / float(np.median(walls))
+            print(f"{name:20s} {size / 1024:10.1f} {size / images[0].nbytes:6.2f} {encode:13.0f} {cached:18.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
@@ -122,6 +190,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="decode processes (default: all cores)")
     parser.add_argument("--repeats", type=int, default=5, help="cached passes to time")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the JPEGs here (default: temp)")
+    parser.add_argument("--stores", action="store_true", help="compare raw and compressed decode-cache stores")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +201,9 @@ def main() -> None:
         dataset = load_dataset(str(folder))
         print(f"{len(dataset)} JPEG files 500x375 -> 3x224x224 (DeiT: bicubic, crop_pct 0.875)")
         print(f"machine: {psutil.cpu_count()} logical CPUs, load average {psutil.getloadavg()[0]:.1f}")
+        if args.stores:
+            compare_stores(dataset, cache_dir, args.batch_size, args.repeats)
+            return
 
         n, first = one_pass(dataset, cache_dir, args.batch_size, args.workers)
         report("pass 1 (decode + fill cache)", n, first)
