@@ -17,10 +17,10 @@ class Clock:
 
 def test_log_lines_at_most_every_interval_with_rate_and_eta(capsys):
     clock = Clock()
-    bar = progress_bar(TextColumn("decoding {task.description}"), BarColumn(), get_time=clock)
+    bar = progress_bar(TextColumn("[bold]decoding[/] {task.description}"), BarColumn(), get_time=clock)
     assert isinstance(bar, LogProgress)  # pytest's stderr is not a terminal
     with bar:
-        task = bar.add_task("photos", total=100)
+        task = bar.add_task("digits:train:[0-5]", total=100)  # ":train:" is an emoji name, [..] not markup
         for _ in range(50):  # 50 images, one every 0.5 s: 25 s
             clock.now += 0.5
             bar.advance(task, 1)
@@ -30,8 +30,8 @@ def test_log_lines_at_most_every_interval_with_rate_and_eta(capsys):
     lines = capsys.readouterr().err.splitlines()
     # a line at 10, 20, 30, 40 s, and the final one at 50 s
     assert len(lines) == 5, lines
-    assert lines[0] == "decoding photos: 20/100 (20 %), 2/s, 10 s elapsed, eta 40 s"
-    assert lines[-1] == "decoding photos: 100/100 (100 %), 2/s, 50 s elapsed, done"
+    assert lines[0] == "decoding digits:train:[0-5]: 20/100 (20 %), 2/s, 10 s elapsed, eta 40 s"
+    assert lines[-1] == "decoding digits:train:[0-5]: 100/100 (100 %), 2/s, 50 s elapsed, done"
 
 
 def test_every_update_with_zero_interval_and_description_after_counts(capsys):

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, ProgressColumn, Task, TaskID, TextColumn
+from rich.text import Text
 
 LOG_INTERVAL = 10.0  # seconds between plain progress lines in a log
 
@@ -26,9 +28,27 @@ def progress_bar(
     (``log_interval=0``: a line at every update, e.g. one per training epoch). ``transient`` only
     matters on a terminal: the bar disappears when done instead of staying on screen."""
     console = Console(stderr=True, emoji=False)
+    columns = tuple(_LiteralText.of(c) if type(c) is TextColumn else c for c in columns)
     if enabled and not console.is_terminal:
         return LogProgress(*columns, console=console, log_interval=log_interval, get_time=get_time)
     return Progress(*columns, console=console, transient=transient, disable=not enabled, get_time=get_time)
+
+
+class _LiteralText(TextColumn):
+    """A TextColumn whose markup is the template's only: the task's description is shown as written
+    (rich would turn ``digits:train:0-5`` into an emoji and read ``[0-5]`` as markup)."""
+
+    @classmethod
+    def of(cls, column: TextColumn) -> _LiteralText:
+        return cls(column.text_format, style=column.style, justify=column.justify, markup=column.markup)
+
+    def render(self, task: Task) -> Text:
+        description = escape(task.description) if self.markup else task.description
+        template = self.text_format.replace("{task.description}", description.replace("{", "{{").replace("}", "}}"))
+        text = template.format(task=task)
+        if self.markup:
+            return Text.from_markup(text, style=self.style, justify=self.justify, emoji=False)
+        return Text(text, style=self.style, justify=self.justify)
 
 
 class LogProgress(Progress):
