@@ -19,6 +19,10 @@ def first_line(exc: BaseException | str) -> str:
     return "unknown error" if isinstance(exc, str) else type(exc).__name__
 
 
+class DiskFull(VitqbenchError):
+    """No space left where vitqbench writes: it stops the run (every later write would fail too)."""
+
+
 class Interrupted(BaseException):
     """Ctrl-C, as the CLI raises it instead of KeyboardInterrupt (which typer turns into a silent exit).
 

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import DiskFull, VitqbenchError
 
 CACHE_ENV = "VITQBENCH_CACHE"
 
@@ -73,7 +73,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise VitqbenchError(f"no space left on the device writing {path}: free space there") from exc
+            raise DiskFull(f"no space left on the device writing {path}: free space there") from exc
         raise
     finally:
         if tmp_path.exists():

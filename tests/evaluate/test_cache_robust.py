@@ -180,6 +180,15 @@ def test_full_disk_in_the_decode_cache_is_one_error_and_leaves_nothing(tiny_disk
     assert [p for p in tiny_disk.rglob("*") if p.is_file()] == []
 
 
+def test_eval_with_its_cache_on_a_full_disk_stops_with_one_line(tiny_onnx, tiny_disk, tmp_path, run_cli):
+    out = tmp_path / "out"
+    args = ["eval", "-m", tiny_onnx, "--id", "noise:gaussian:n=2000", "--ood", "photos=photos", "--scores", "msp"]
+    result = run_cli(*args, "-o", out, "--cache-dir", tiny_disk, "--no-progress")
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1 and "not enough space for the decode cache in" in result.stderr
+    assert [p for p in tiny_disk.rglob("*") if p.is_file()] == [] and not out.exists()
+
+
 def test_full_disk_writing_outputs_names_the_path(tmp_path, monkeypatch):
     import errno
 

@@ -44,7 +44,7 @@ from PIL import Image
 from vitqbench.data.builtin import noise_image
 from vitqbench.data.dataset import Dataset
 from vitqbench.data.preprocess import Geometry, Normalization, normalize, prepare_image
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import DiskFull, VitqbenchError
 from vitqbench.files import UNREADABLE, atomic_path, default_cache_dir, remove_stale_temps, write_text_atomic
 from vitqbench.metadata import DataConfig
 
@@ -314,7 +314,7 @@ def _preallocate(path: Path) -> None:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 return  # a file system without fallocate: nothing reserved, nothing lost
             free = shutil.disk_usage(path.parent).free
-            raise VitqbenchError(
+            raise DiskFull(
                 f"not enough space for the decode cache in {path.parent}: {size / 2**20:.1f} MiB needed, "
                 f"{free / 2**20:.1f} MiB free ({exc.strerror}); free space, point --cache-dir or "
                 "VITQBENCH_CACHE elsewhere, or use --no-decode-cache"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vitqbench.errors import Interrupted, VitqbenchError, first_line
+from vitqbench.errors import DiskFull, Interrupted, VitqbenchError, first_line
 from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
 from vitqbench.evaluate.inference import run_cell
 from vitqbench.evaluate.progress import CellProgress
@@ -418,7 +418,7 @@ def _model_outputs(
                     decode_cache=config.decode_cache,
                     on_batch=advance,
                 )
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, DiskFull):  # a full disk would fail every later cell too
             raise
         except Exception as exc:  # one broken cell must not cost the others
             message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
