@@ -81,14 +81,14 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         os.close(fd)
 
 
-def remove_stale_temps(folder: str | Path, before: float | None = None) -> int:
-    """Remove temporary files that killed runs left in ``folder`` (``atomic_path``'s dot files):
-    only those older than this process (or ``before``) and not locked by a live writer."""
+def remove_stale_temps(folder: str | Path, before: float | None = None, pattern: str = ".*") -> int:
+    """Remove temporary files that killed runs left in ``folder`` (``atomic_path``'s dot files, or
+    ``pattern``): only those older than this process (or ``before``) and not locked by a live run."""
     import psutil
 
     before = psutil.Process().create_time() if before is None else before
     removed = 0
-    for entry in Path(folder).glob(".*"):
+    for entry in Path(folder).glob(pattern):
         try:
             if not entry.is_file() or entry.stat().st_mtime >= before:
                 continue

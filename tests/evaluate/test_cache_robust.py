@@ -119,6 +119,7 @@ def test_stale_temp_files_are_removed_unless_new_or_locked(tmp_path):
 def test_a_run_removes_what_a_killed_run_left(warm):
     model, cache, _ = warm
     leftovers = [cache / "decoded" / ".x.npy.k1ll3d.npy", cache / "outputs" / ".y.npz.k1ll3d.npz"]
+    leftovers.append(cache / "outputs" / "old-version.lock")
     for path in leftovers:
         path.write_bytes(b"\0" * 1000)
         os.utime(path, (time.time() - 3600,) * 2)

@@ -42,6 +42,8 @@ def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     for folder in [root / part for part in CACHE_PARTS] + list((root / "outputs").glob("*.parts")):
         if folder.is_dir():
             remove_stale_temps(folder)
+    if (root / "outputs").is_dir():  # lock files that older versions left behind
+        remove_stale_temps(root / "outputs", pattern="*.lock")
     return root
 
 
