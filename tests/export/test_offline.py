@@ -24,6 +24,8 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     hub_reachable.cache_clear()
     yield lookups
     hub_reachable.cache_clear()
@@ -35,7 +37,7 @@ def test_pretrained_load_without_network_fails_in_seconds(no_network):
         build_model("deit_tiny_patch16_224.fb_in1k")
     elapsed = time.perf_counter() - start
     assert no_network == ["huggingface.co"]  # the one probe; the hub itself never retried
-    assert elapsed < 30  # generous for a loaded machine; the hub's retries alone took 57 s here
+    assert elapsed < 45  # generous for a loaded machine; the hub's retries alone took 57 s here
     with pytest.raises(WeightsUnavailable, match="no network"):  # the probe's answer is kept
         build_model("deit_tiny_patch16_224.fb_in1k")
     assert len(no_network) == 1
@@ -79,9 +81,8 @@ def test_sweep_lists_unavailable_models_once_and_leaves_no_folder(tmp_path, run_
     study = tmp_path / "s.toml"
     study.write_text(SWEEP)
     out = tmp_path / "out"
-    start = time.perf_counter()
     result = run_cli("sweep", study, "--out", out, "--cache-dir", tmp_path / "cache", "--no-progress")
-    assert time.perf_counter() - start < 60
+    assert no_network == ["huggingface.co"]  # one probe for the whole sweep, no retries per model
     assert result.code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines

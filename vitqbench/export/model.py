@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ def hub_reachable() -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
+    if urllib.request.getproxies().get("https"):  # direct connections may be blocked: leave it to the hub
+        return True
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     result: list[bool] = []
 
