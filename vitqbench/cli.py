@@ -281,6 +281,9 @@ def eval_(
         "--fpr-convention",
         help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
     ),
+    plot_scores: str | None = typer.Option(
+        None, "--plot-scores", help="Scores that get ROC curves and histograms, e.g. msp,vim (default: all; none)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     decode_cache: bool = typer.Option(
         True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
@@ -312,7 +315,7 @@ def eval_(
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
     )
-    finish_run(config, out, save_outputs=save_outputs, console=console)
+    finish_run(config, out, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 
 
 # ----------------------------------------------------------------------------------------------- sweep
@@ -338,6 +341,9 @@ def sweep(
         "openood",
         "--fpr-convention",
         help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
+    ),
+    plot_scores: str | None = typer.Option(
+        None, "--plot-scores", help="Scores that get ROC curves and histograms, e.g. msp,vim (default: all; none)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     decode_cache: bool = typer.Option(
@@ -368,7 +374,7 @@ def sweep(
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
     )
-    finish_sweep(study, options, save_outputs=save_outputs, console=console)
+    finish_sweep(study, options, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 
 
 # ----------------------------------------------------------------------------------------------- train

@@ -145,7 +145,7 @@ def test_rerun_runs_no_model_and_new_ood_set_runs_only_that(first_run, models, t
     stale.write_bytes(b"old")
     result = run_cli(*eval_args(models, tmp_path / "again", cache))
     assert result.code == 0, result.stderr
-    assert not stale.exists() and (tmp_path / "again" / "plots" / "bars_auroc.png").is_file()
+    assert not stale.exists() and (tmp_path / "again" / "plots" / "delta_mean.png").is_file()
     doc, _ = load(tmp_path / "again")
     assert sessions == [] and doc["cache"]["computed"] == 0 and doc["cache"]["samples_computed"] == 0
     assert doc["ood_metrics"] == load(out)[0]["ood_metrics"]
@@ -269,14 +269,15 @@ def test_failing_cells_are_reported_and_the_others_finish(models, tmp_path, run_
 def test_report_and_plots_exist(first_run):
     out, _ = first_run
     report = (out / "report.md").read_text()
-    headings = ("## ID accuracy", "## AUPR-out (%)", "## AUROC (%)", "## FPR@95 (OpenOOD v1.5, OOD+) (%)", "## Models")
-    for heading in headings:
+    headings = ("## Summary: all real OOD mean (photos)", "## ID accuracy", "### AUPR-in (%) per OOD set", "## Models")
+    for heading in (*headings, "### AUROC (%) per OOD set", "### FPR@95 (OpenOOD v1.5, OOD+) (%) per OOD set"):
         assert heading in report
+    assert (out / "report.html").stat().st_size > 10_000
     assert "tiny.int4" in report and "(reference)" in report
     plots = sorted((out / "plots").glob("*.png"))
     names = {p.name for p in plots}
-    assert {"bars_top1.png", "bars_auroc.png", "bars_aupr_out.png", "roc_photos_msp.png"} <= names
-    assert any(n.startswith("hist_") for n in names)
+    scores = SCORES.split(",")  # every score gets ROC curves and histograms by default
+    assert names == {"delta_id.png", "delta_mean.png", *(f"{k}_{s}.png" for s in scores for k in ("roc", "hist"))}
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*.npz"))

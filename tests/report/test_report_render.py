@@ -84,7 +84,7 @@ def test_report_json_csv_and_plots(tmp_path):
     results = make_results(tmp_path)
     written = write_report(results, tmp_path / "out")
     out = tmp_path / "out"
-    assert {p.name for p in written} >= {"results.json", "results.csv", "report.md", "bars_top1.png"}
+    assert {p.name for p in written} >= {"results.json", "results.csv", "report.md", "report.html", "delta_id.png"}
     doc = json.loads((out / "results.json").read_text())  # strict JSON: NaN became null
     assert doc["id_metrics"][1]["ece"] is None and doc["datasets"][1]["skipped"] == [["x.png", "truncated"]]
     assert "samples" not in doc
@@ -95,8 +95,8 @@ def test_report_json_csv_and_plots(tmp_path):
     report = (out / "report.md").read_text()
     assert "| m.int4 | int4 | 60.00 | -20.00, -25.0% |" in report
     assert "72.00 (-18.00, -20.0%)" in report  # AUROC on far, with delta
-    assert "[m.int4 x far] inference: boom" in report and "| far | ood | noise:gaussian | 40 |" in report
-    for name in ("bars_auroc.png", "roc_far_msp.png", "hist_m.fp32_msp.png"):
+    assert "\\[m.int4 x far\\] inference: boom" in report and "| far | ood | – | noise:gaussian | 40 |" in report
+    for name in ("delta_mean.png", "roc_msp.png", "hist_msp.png"):
         assert (out / "plots" / name).stat().st_size > 2000
 
 
@@ -129,6 +129,6 @@ def test_both_fprs_are_named_and_the_convention_picks_the_tables_one(tmp_path, c
     if convention:
         results.settings["fpr_convention"] = convention
     report = render_report(results)
-    assert f"## {shown} — score msp (lower is better)" in report
-    assert f"`{other}`" in report and report.count("— score msp (lower is better)") == 1
+    assert f"### {shown} per OOD set (lower is better)" in report and report.count("per OOD set (lower is better)") == 1
+    assert f"as {other}" in report.replace("\\_", "_")
     assert {"fpr95_id_positive", "fpr95_ood_positive"} <= set(CSV_COLUMNS) and "fpr95" not in CSV_COLUMNS

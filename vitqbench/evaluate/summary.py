@@ -56,20 +56,34 @@ def parse_id_arg(text: str) -> tuple[str | None, str]:
 
 
 def finish_run(
-    config: EvalConfig, out_dir: Path, save_outputs: bool = False, console: Console | None = None
+    config: EvalConfig,
+    out_dir: Path,
+    save_outputs: bool = False,
+    console: Console | None = None,
+    plot_scores: str | None = None,
 ) -> EvalResults:
     """Run the eval, write every report file, print a summary; raise if any cell failed."""
     from vitqbench.files import check_output_dir
     from vitqbench.report import write_report
 
     check_output_dir(out_dir)
+    chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)  # before any model runs
     results = run_eval(config)
-    write_report(results, out_dir, save_outputs=save_outputs)
+    write_report(results, out_dir, save_outputs=save_outputs, plot_scores=chosen)
     console = console or Console(emoji=False)
     print_summary(results, console)
     console.print(f"report: {out_dir / 'report.md'}  (results.json, results.csv, plots/)")
     raise_failures(results, out_dir)
     return results
+
+
+def plot_score_labels(plot_scores: str | None, scores: str | list[str] | None, with_fit: bool) -> list[str] | None:
+    """``--plot-scores`` checked against the scores the run will compute."""
+    from vitqbench.evaluate.scoring import default_score_specs, parse_score_specs
+    from vitqbench.report.plots import select_plot_scores
+
+    specs = parse_score_specs(scores) if scores else default_score_specs(with_fit)
+    return select_plot_scores(plot_scores, [s.label for s in specs])
 
 
 def raise_failures(results: EvalResults, out_dir: Path) -> None:

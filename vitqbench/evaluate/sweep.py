@@ -445,14 +445,19 @@ def _tuple_lists(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def finish_sweep(
-    config: SweepConfig, options: SweepOptions, save_outputs: bool = False, console: Any = None
+    config: SweepConfig,
+    options: SweepOptions,
+    save_outputs: bool = False,
+    console: Any = None,
+    plot_scores: str | None = None,
 ) -> EvalResults:
     """Run the sweep, write the combined report, print a summary; raise if any cell failed."""
-    from vitqbench.evaluate.summary import print_summary, raise_failures
+    from vitqbench.evaluate.summary import plot_score_labels, print_summary, raise_failures
     from vitqbench.report import write_report
 
+    chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)
     results = run_sweep(config, options)
-    write_report(results, options.out, save_outputs=save_outputs)
+    write_report(results, options.out, save_outputs=save_outputs, plot_scores=chosen)
     if console is not None:
         print_summary(results, console)
         console.print(f"report: {options.out / 'report.md'}  (models in {options.out / 'models'})")

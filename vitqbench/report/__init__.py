@@ -7,25 +7,31 @@ from pathlib import Path
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.results import EvalResults
 from vitqbench.files import write_text_atomic
-from vitqbench.report.markdown import render_report
-from vitqbench.report.outputs import output_file_name, write_outputs
+from vitqbench.report.markdown import render_html, render_report
+from vitqbench.report.outputs import write_outputs
 from vitqbench.report.plots import write_plots
 from vitqbench.report.tables import csv_rows, results_csv, results_json, write_tables
 
 
-def write_report(results: EvalResults, out_dir: str | Path, save_outputs: bool = False) -> list[Path]:
-    """Write every report file under ``out_dir`` (each atomically); returns the paths written."""
+def write_report(
+    results: EvalResults, out_dir: str | Path, save_outputs: bool = False, plot_scores: list[str] | None = None
+) -> list[Path]:
+    """Write every report file under ``out_dir`` (each atomically); returns the paths written.
+
+    ``plot_scores``: the scores that get ROC curves and histograms (default: every score of the run).
+    """
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VitqbenchError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
     written = write_tables(results, out_dir)
-    plots = write_plots(results, out_dir / "plots")
+    plots = write_plots(results, out_dir / "plots", plot_scores)
     _remove_stale(out_dir / "plots", "*.png", plots)
-    report = out_dir / "report.md"
+    report, page = out_dir / "report.md", out_dir / "report.html"
     write_text_atomic(report, render_report(results, plots))
-    written += [report, *plots]
+    write_text_atomic(page, render_html(results, plots))
+    written += [report, page, *plots]
     if save_outputs:
         arrays = write_outputs(results, out_dir)
         _remove_stale(out_dir / "outputs", "*.npz", arrays)
@@ -43,7 +49,7 @@ def _remove_stale(folder: Path, pattern: str, kept: list[Path]) -> None:
 
 __all__ = [
     "csv_rows",
-    "output_file_name",
+    "render_html",
     "render_report",
     "results_csv",
     "results_json",

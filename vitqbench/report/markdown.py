@@ -1,61 +1,96 @@
-"""report.md: the tables a person reads first (ID accuracy, then OOD detection, each with deltas)."""
+"""report.md and report.html: the summaries a person reads first, then the details, then the plots.
+
+Both are rendered from one list of blocks (``report_blocks``), so they always say the same thing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import METRICS, Delta, EvalResults, ModelInfo
+from vitqbench.evaluate.results import METRICS, Delta, EvalResults, ModelInfo, mean_members, mean_title
 from vitqbench.ood import FPR_CONVENTIONS
+from vitqbench.report.document import Block, Bullets, Code, Heading, Image, Para, Strong, Table, to_html, to_markdown
+from vitqbench.report.plots import delta_metrics, model_label, ordered_ood_sets
 
 METRIC_TITLES = {name: f"{m.title} (%)" for name, m in METRICS.items()}
-REPORT_OOD_METRICS = ("aupr_out", "auroc")  # then the headline FPR@95 (results.headline_fpr)
+# A relative change is only shown where the baseline is at least this large: below it, a few points
+# read as +180 % (FPR@95 from 23 % to 65 %) and say less than the absolute change.
+RELATIVE_MIN_BASELINE = 0.5
+TITLE = "vitqbench evaluation report"
 
 
 def render_report(results: EvalResults, plots: list[Path] | None = None) -> str:
+    return to_markdown(report_blocks(results, plots or []))
+
+
+def render_html(results: EvalResults, plots: list[Path] | None = None) -> str:
+    return to_html(report_blocks(results, plots or []), TITLE)
+
+
+def report_blocks(results: EvalResults, plots: list[Path]) -> list[Block]:
     s = results.settings
-    lines = [
-        "# vitqbench evaluation report",
-        "",
-        f"ID set **{s['id']}**"
-        + (f", scores fitted on **{s['fit']}**" if s.get("fit") else "")
-        + f"; provider {s['provider']}, threads {s['threads'] or 'auto'}, batch size {s['batch_size']}; "
-        f"{s['session_policy']}.",
-        "",
-        "Deltas are against each model's baseline: absolute in percentage points, then relative. "
-        "For ECE and FPR@95 lower is better. " + _fpr_note(results),
-        "",
+    id_name = results.id_dataset or s.get("id_name") or s["id"]
+    intro: list = ["ID set ", Strong(str(id_name))]
+    if str(id_name) != str(s["id"]):
+        intro += [" (", Code(str(s["id"])), ")"]
+    if s.get("fit"):
+        intro += [", scores fitted on ", Strong(str(s["fit"]))]
+    intro.append(
+        f"; provider {s['provider']}, threads {s['threads'] or 'auto'}, batch size {s['batch_size']}; "
+        f"{s['session_policy']}."
+    )
+    blocks: list[Block] = [
+        Heading(TITLE, 1),
+        Para(intro),
+        Para(
+            [
+                "Deltas are quantized minus baseline, in percentage points; the relative change follows only "
+                f"where the baseline is at least {100 * RELATIVE_MIN_BASELINE:.0f} %. For ECE and FPR lower is "
+                f"better. {_fpr_note(results)} "
+                "Near-OOD and far-OOD sets are averaged apart, as OpenOOD v1.5 reports them; "
+                "synthetic sets are averaged on their own and are in no headline mean."
+            ]
+        ),
     ]
     if results.failures:
-        lines += ["## Failures", ""] + [f"- {f.describe()}" for f in results.failures] + [""]
+        blocks += [Heading("Failures"), Bullets([[f.describe()] for f in results.failures])]
     random = [m.label for m in results.models if _weights(m).startswith("random")]
     if random:
-        lines += [
-            f"> **Random-init weights** ({', '.join(random)}): their accuracy and OOD numbers say nothing about "
-            "trained models; use them for speed and size only.",
-            "",
-        ]
-    lines += _models_table(results)
-    lines += _id_table(results)
-    for metric in (*REPORT_OOD_METRICS, results.headline_fpr):
-        for score in results.score_names:
-            lines += _ood_table(results, metric, score)
-    if results.bench:
-        lines += _bench_table(results.bench)
-    lines += _datasets_table(results)
+        blocks.append(
+            Para(
+                [
+                    Strong("Random-init weights"),
+                    f" ({', '.join(random)}): their accuracy and OOD numbers say nothing about trained models; "
+                    "use them for speed and size only.",
+                ],
+                note=True,
+            )
+        )
     if results.warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in results.warnings] + [""]
+        blocks += [Heading("Warnings"), Bullets([[w] for w in results.warnings])]
+    blocks += _summary(results)
+    blocks += _id_table(results)
+    blocks += _models_table(results)
+    blocks += _details(results)
+    if results.bench:
+        blocks += _bench_table(results.bench)
+    blocks += _datasets_table(results)
     if plots:
-        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+        blocks.append(Heading("Plots"))
+        blocks += [Image(p, f"plots/{p.name}", _caption(p)) for p in plots]
     c = results.cache
-    lines += [
-        f"Cache {c['dir']}: {c['hits']} cells reused, {c['computed']} computed "
-        f"({c['samples_computed']} samples run). Versions: "
-        + ", ".join(f"{k} {v}" for k, v in results.versions.items() if k != "platform")
-        + ".",
-        "",
-    ]
-    return "\n".join(lines)
+    blocks.append(
+        Para(
+            [
+                f"Cache {c['dir']}: {c['hits']} cells reused, {c['computed']} computed "
+                f"({c['samples_computed']} samples run). Versions: "
+                + ", ".join(f"{k} {v}" for k, v in results.versions.items() if k != "platform")
+                + "."
+            ]
+        )
+    )
+    return blocks
 
 
 def _fpr_note(results: EvalResults) -> str:
@@ -64,33 +99,34 @@ def _fpr_note(results: EvalResults) -> str:
     other = next(name for name in FPR_CONVENTIONS.values() if name != shown)
     convention = next(k for k, v in FPR_CONVENTIONS.items() if v == shown)
     return (
-        f"The tables show **{METRICS[shown].title}** (`--fpr-convention {convention}`); "
-        f"{METRICS[other].title} is in results.json/csv as `{other}`. "
-        "ID+: share of OOD images accepted at 95 % ID recall (OpenOOD's `fpr_recall`); OOD+: share of ID images "
+        f"The tables show {METRICS[shown].title} (--fpr-convention {convention}); "
+        f"{METRICS[other].title} is in results.json/csv as {other}. "
+        "ID+: share of OOD images accepted at 95 % ID recall (OpenOOD's fpr_recall); OOD+: share of ID images "
         "rejected at 95 % OOD recall (what OpenOOD v1.5's evaluator and leaderboard report)."
     )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out + [""]
+def _caption(path: Path) -> str:
+    kind = path.stem.split("_", 1)[0]
+    return {
+        "delta": "Quantization deltas (quantized minus baseline)",
+        "roc": "ROC curves per OOD set",
+        "hist": "Score histograms, ID vs OOD",
+    }.get(kind, path.stem) + f": {path.name}"
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
+    return "–" if value is None or value != value else f"{100 * value:.2f}"
 
 
-def _delta(d: Delta | None) -> str:
+def format_delta(d: Delta | None) -> str:
+    """``+1.23`` points, with ``, +1.5%`` where the baseline is far enough from 0 to make that meaningful."""
     if d is None:
         return ""
-    rel = "" if d.rel is None else f", {100 * d.rel:+.1f}%"
-    return f"{100 * d.abs:+.2f}{rel}"
-
-
-def _with_delta(value: float | None, d: Delta | None) -> str:
-    text = _pct(value)
-    return f"{text} ({_delta(d)})" if d is not None else text
+    text = f"{100 * d.abs:+.2f}"
+    if d.rel is not None and abs(d.baseline_value) >= RELATIVE_MIN_BASELINE:
+        text += f", {100 * d.rel:+.1f}%"
+    return text
 
 
 def _weights(model: ModelInfo) -> str:
@@ -104,11 +140,43 @@ def _weights(model: ModelInfo) -> str:
     return f"pretrained {source.get('tag') or ''}".strip()
 
 
-def _models_table(results: EvalResults) -> list[str]:
+def _quant_field(m: ModelInfo, name: str) -> str:
+    quant = (m.metadata or {}).get("quantization") or {}
+    return str(getattr(m, name, None) or quant.get(name) or "–")
+
+
+def _summary(results: EvalResults) -> list[Block]:
+    """Per headline mean (near, far): every score x model with all four metrics and their deltas."""
+    blocks: list[Block] = []
+    members = mean_members(results.datasets)
+    for mean in results.headline_means:
+        rows = []
+        for score in results.score_names:
+            for m in results.models:
+                r = results.ood_metric(m.label, mean, score)
+                if r is None:
+                    continue
+                row = [score, m.label, m.precision]
+                for metric in delta_metrics(results):
+                    row += [_pct(getattr(r, metric)), format_delta(results.delta(m.label, mean, score, metric))]
+                rows.append(row)
+        if not rows:
+            continue
+        header = ["score", "model", "precision"]
+        for metric in delta_metrics(results):
+            header += [METRIC_TITLES[metric], "Δ"]
+        title = f"Summary: {mean_title(mean)} mean ({', '.join(members[mean])})"
+        blocks += [Heading(title), Table(header, rows, numeric=set(range(3, len(header))))]
+    return blocks
+
+
+def _models_table(results: EvalResults) -> list[Block]:
     rows = [
         [
             m.label,
             m.precision,
+            _quant_field(m, "scheme"),
+            _quant_field(m, "execution"),
             m.display_name,
             _weights(m),
             f"{m.size_bytes / 2**20:.1f}",
@@ -117,14 +185,13 @@ def _models_table(results: EvalResults) -> list[str]:
         ]
         for m in results.models
     ]
-    return ["## Models", ""] + _table(
-        ["model", "precision", "timm model", "weights", "size (MiB)", "baseline", "sha256"], rows
-    )
+    header = ["model", "precision", "scheme", "execution", "timm model", "weights", "size (MiB)", "baseline", "sha256"]
+    return [Heading("Models"), Table(header, rows, numeric={6})]
 
 
-def _id_table(results: EvalResults) -> list[str]:
+def _id_table(results: EvalResults) -> list[Block]:
     if not results.id_metrics:
-        return ["## ID accuracy", "", "No ID accuracy: the ID set has no labels or no model ran on it.", ""]
+        return [Heading("ID accuracy"), Para(["No ID accuracy: the ID set has no labels or no model ran on it."])]
     first = results.id_metrics[0]
     header = ["model", "precision", "top-1 (%)", "Δ top-1", "top-5 (%)", "Δ top-5", "ECE (%)", "Δ ECE"]
     rows = []
@@ -134,49 +201,80 @@ def _id_table(results: EvalResults) -> list[str]:
             continue
         row = [m.label, m.precision]
         for metric in ("top1", "top5", "ece"):
-            row += [_pct(getattr(r, metric)), _delta(results.delta(m.label, r.dataset, None, metric))]
+            row += [_pct(getattr(r, metric)), format_delta(results.delta(m.label, r.dataset, None, metric))]
         rows.append(row)
-    return [f"## ID accuracy ({first.dataset}, n={first.n})", ""] + _table(header, rows)
+    return [Heading(f"ID accuracy ({first.dataset}, n={first.n})"), Table(header, rows, numeric=set(range(2, 8)))]
 
 
-def _ood_table(results: EvalResults, metric: str, score: str) -> list[str]:
-    sets = [*results.ood_datasets, *results.means]
-    rows = []
-    for m in results.models:
-        cells = []
-        for name in sets:
-            r = results.ood_metric(m.label, name, score)
-            value = None if r is None else getattr(r, metric)
-            cells.append(_with_delta(value, results.delta(m.label, name, score, metric)))
-        if any(c != "–" for c in cells):
-            rows.append([m.label, m.precision, *cells])
-    if not rows:
-        return []
-    better = METRICS[metric].better
-    title = f"## {METRIC_TITLES[metric]} — score {score} ({better} is better)"
-    return [title, ""] + _table(["model", "precision", *sets], rows)
+def _details(results: EvalResults) -> list[Block]:
+    """Per OOD set and mean, one table per metric: rows score x model, cells value (delta)."""
+    sets = [n for n, _ in ordered_ood_sets(results)] + results.means
+    groups = {d.name: d.group for d in results.datasets}
+    header = ["score", "model"] + [
+        f"{n} ({groups.get(n) or 'ungrouped'})" if n in groups else f"{mean_title(n)} mean" for n in sets
+    ]
+    blocks: list[Block] = []
+    for metric in delta_metrics(results):
+        rows = []
+        for score in results.score_names:
+            for m in results.models:
+                cells = []
+                for name in sets:
+                    r = results.ood_metric(m.label, name, score)
+                    d = format_delta(results.delta(m.label, name, score, metric))
+                    value = _pct(None if r is None else getattr(r, metric))
+                    cells.append(f"{value} ({d})" if d else value)
+                if any(c != "–" for c in cells):
+                    rows.append([score, m.label, *cells])
+        if rows:
+            blocks += [
+                Heading(f"{METRIC_TITLES[metric]} per OOD set ({METRICS[metric].better} is better)", 3),
+                Table(header, rows, numeric=set(range(2, len(header)))),
+            ]
+    return [Heading("Details per OOD set"), *blocks] if blocks else []
 
 
-def _bench_table(records: list[dict[str, Any]]) -> list[str]:
-    from vitqbench.evaluate.benching import BENCH_COLUMNS
+BENCH_FORMAT: tuple[tuple[str, str, str], ...] = (
+    ("model", "model", "s"),
+    ("precision", "precision", "s"),
+    ("execution", "execution", "s"),
+    ("batch", "batch", "d"),
+    ("threads", "threads", "d"),
+    ("p50_ms", "p50 (ms)", ".2f"),
+    ("mean_ms", "mean (ms)", ".2f"),
+    ("throughput_ips", "throughput (img/s)", ".1f"),
+    ("speedup", "speed-up", "x"),
+    ("peak_rss_mb", "peak RSS (MiB)", ".0f"),
+    ("model_mb", "file (MiB)", ".1f"),
+    ("status", "status", "s"),
+)
 
-    rows = [[_fmt(r.get(k)) for k in BENCH_COLUMNS] for r in records]
-    return ["## Latency and size", ""] + _table(list(BENCH_COLUMNS), rows)
+
+def _bench_table(records: list[dict[str, Any]]) -> list[Block]:
+    columns = [c for c in BENCH_FORMAT if c[0] != "execution" or any(r.get("execution") for r in records)]
+    rows = [[_fmt(r.get(key), spec) for key, _, spec in columns] for r in records]
+    numeric = {i for i, (_, _, spec) in enumerate(columns) if spec != "s"}
+    return [Heading("Latency and size"), Table([title for _, title, _ in columns], rows, numeric)]
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
+def _fmt(value: Any, spec: str) -> str:
+    if value is None or value == "":
         return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    if spec == "s" or isinstance(value, str):
+        return str(value)
+    if spec == "x":
+        return f"{float(value):.2f}x"
+    if spec == "d":
+        return str(int(value))
+    return format(float(value), spec)
 
 
-def _datasets_table(results: EvalResults) -> list[str]:
+def _datasets_table(results: EvalResults) -> list[Block]:
     rows = [
         [
             d.name,
             d.role,
+            d.group or "–",
             d.spec,
             str(d.size),
             str(d.num_classes or "–"),
@@ -185,6 +283,8 @@ def _datasets_table(results: EvalResults) -> list[str]:
         ]
         for d in results.datasets
     ]
-    return ["## Datasets", ""] + _table(
-        ["name", "role", "spec", "images", "classes", "synthetic", "skipped"], rows
-    )
+    header = ["name", "role", "group", "spec", "images", "classes", "synthetic", "skipped"]
+    return [Heading("Datasets"), Table(header, rows, numeric={4, 5, 7})]
+
+
+__all__ = ["METRIC_TITLES", "format_delta", "model_label", "render_html", "render_report", "report_blocks"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +9,7 @@ import numpy as np
 from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.evaluate.results import EvalResults
 from vitqbench.files import atomic_path
-
-
-def output_file_name(model: str, dataset: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{model}__{dataset}") + ".npz"
+from vitqbench.report.names import unique_slugs
 
 
 def write_outputs(results: EvalResults, out_dir: Path) -> list[Path]:
@@ -22,6 +18,8 @@ def write_outputs(results: EvalResults, out_dir: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     cache = OutputCache(Path(results.cache["dir"]))
     written = []
+    # Two OOD names may slug alike ("a b", "a_b"): each cell still gets its own file.
+    names = unique_slugs([f"{m}__{d}" for m, d in results.samples])
     for (model, dataset), samples in results.samples.items():
         key = results.cache["cells"].get(f"{model}__{dataset}")
         cached: Outputs | None = cache.get(key) if key else None
@@ -35,7 +33,7 @@ def write_outputs(results: EvalResults, out_dir: Path) -> list[Path]:
             "paths": cached.paths,
         }
         arrays.update({f"score_{name}": v for name, v in samples.items() if name in results.score_names})
-        path = folder / output_file_name(model, dataset)
+        path = folder / f"{names[f'{model}__{dataset}']}.npz"
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, **arrays)
         written.append(path)
