@@ -128,12 +128,17 @@ def write_plots(results: EvalResults, plot_dir: Path, plot_scores: list[str] | N
     plot_dir.mkdir(parents=True, exist_ok=True)
     scores = results.score_names if plot_scores is None else [s for s in results.score_names if s in plot_scores]
     names = unique_slugs([*results.headline_means, *results.score_names])
-    figures = [("delta_id", id_delta_figure(results))]
-    figures += [(f"delta_{names[mean]}", delta_figure(results, mean)) for mean in results.headline_means]
+    figures = [("delta_id", lambda: id_delta_figure(results))]
+    figures += [(f"delta_{names[m]}", lambda m=m: delta_figure(results, m)) for m in results.headline_means]
     for score in scores:
-        figures += [(f"roc_{names[score]}", roc_figure(results, score))]
-        figures += [(f"hist_{names[score]}", histogram_figure(results, score))]
-    return [_save(fig, plot_dir / f"{stem}.png") for stem, fig in figures if fig is not None]
+        figures.append((f"roc_{names[score]}", lambda s=score: roc_figure(results, s)))
+        figures.append((f"hist_{names[score]}", lambda s=score: histogram_figure(results, s)))
+    written = []
+    for stem, make in figures:  # one figure open at a time
+        fig = make()
+        if fig is not None:
+            written.append(_save(fig, plot_dir / f"{stem}.png"))
+    return written
 
 
 def _quantized(results: EvalResults) -> list[ModelInfo]:
