@@ -101,10 +101,12 @@ def print_summary(results: EvalResults, console: Console) -> None:
     """ID accuracy and, for the first score, AUROC and FPR@95 of each headline mean (near, far)."""
     score = results.score_names[0] if results.score_names else None
     means = results.headline_means if score else []
-    table = Table(title="vitqbench eval" + (f" (score {score}; means over OOD groups)" if score else ""))
-    columns = ["model", "precision", "top-1 %", "Δ top-1"]
     fpr = results.headline_fpr
-    columns += [f"{title} {mean_title(m)} %" for m in means for title in ("AUROC", METRICS[fpr].title)]
+    about = f" (score {score}; FPR = {METRICS[fpr].title}; means: {', '.join(map(mean_title, means))}; in %)"
+    table = Table(title="vitqbench eval" + (about if score else ""))
+    columns = ["model", "precision", "top-1 %", "Δ top-1"]
+    # Short headers ("near AUROC %") keep the table readable in 80 columns; the title says the rest.
+    columns += [f"{m.partition(':')[2] or 'all'} {title}" for m in means for title in ("AUROC", "FPR")]
     for column in columns:
         left = column in ("model", "precision")
         width = max([len(m.label) for m in results.models] + [5]) if column == "model" else None
