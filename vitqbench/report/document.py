@@ -139,7 +139,7 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid 
 h3{font-size:1.05em;margin-top:1.4em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.86em}
 th,td{border:1px solid #d0d0d0;padding:.25em .55em;vertical-align:top}
-th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#fafafa}
 blockquote{margin:.8em 0;padding:.4em .9em;border-left:4px solid #e0a800;background:#fff8e1}
 figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #eee}
