@@ -36,8 +36,9 @@ def _wait_for_second_cell(proc: subprocess.Popen, cache: Path, timeout: float = 
         assert proc.poll() is None, proc.communicate()
         finished = list((cache / "outputs").glob("*.npz")) if (cache / "outputs").is_dir() else []
         workers = psutil.Process(proc.pid).children(recursive=True)
-        if finished and len(workers) >= 2:
-            return workers
+        if finished and len(workers) >= 4:  # resource tracker, forkserver and both decode workers
+            time.sleep(1)  # past their start-up (see the report: Ctrl-C during it is a known race)
+            return psutil.Process(proc.pid).children(recursive=True)
         time.sleep(0.2)
     proc.kill()
     pytest.fail("the eval did not reach its second cell in time")
