@@ -32,6 +32,7 @@ FASHION_MNIST_CLASSES = [
 NOISE_KINDS = ("gaussian", "uniform")
 NOISE_SIZE = 224
 NOISE_DEFAULT_N = 1000
+NOISE_MAX_N = 100_000  # 15 GB of decoded 224x224 images: more is a typo, not a study
 PHOTO_PATCHES = ((128, 64), (192, 96))  # (side, stride)
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0

@@ -24,11 +24,45 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root) / f for f in sorted(files) if is_image_file(f))
+def _images_under(folder: Path, seen: set[tuple[int, int]]) -> list[Path]:
+    """Images under ``folder``, depth first in sorted order, following symlinks.
+
+    ``seen`` holds the (device, inode) of every folder and image already walked (``folder`` itself is
+    walked even if listed): a link back up the tree, two folders linking to each other or a second
+    link to the same image is visited once, so a symlink loop can neither hang the walk nor count an
+    image twice.
+    """
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            st = current.stat()
+            if (st.st_dev, st.st_ino) in seen and current is not folder:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:  # unreadable or vanished folder: skipped, as os.walk does
+            continue
+        dirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not entry.name.startswith("."):
+                    dirs.append(Path(entry.path))
+            elif is_image_file(entry.name):
+                try:
+                    target = os.stat(entry.path)
+                except OSError:  # a broken link stays: decoding reports it as unreadable
+                    found.append(Path(entry.path))
+                    continue
+                if (target.st_dev, target.st_ino) not in seen:
+                    seen.add((target.st_dev, target.st_ino))
+                    found.append(Path(entry.path))
+        stack.extend(reversed(dirs))
     return found
 
 
@@ -72,7 +106,9 @@ def load_folder(folder: Path, spec: str) -> Dataset:
     subdirs = sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
     )
-    per_class = [_images_under(d) for d in subdirs]
+    # the dataset and its class folders count as walked: a link into another class is not followed
+    seen = {(st.st_dev, st.st_ino) for st in (p.stat() for p in [folder, *subdirs])}
+    per_class = [_images_under(d, seen) for d in subdirs]
     top_level = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p.name))
     if any(per_class):
         if top_level:
@@ -104,6 +140,7 @@ def load_image_list(list_file: Path, spec: str, data_root: Path | None) -> Datas
     except (OSError, UnicodeDecodeError) as exc:
         raise VitqbenchError(f"cannot read image list {list_file}: {exc}") from exc
     files: list[Path] = []
+    numbers: list[int] = []
     labels: list[int] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -115,8 +152,18 @@ def load_image_list(list_file: Path, spec: str, data_root: Path | None) -> Datas
         except ValueError:
             raise VitqbenchError(f"{list_file}:{number}: label {extra!r} is not an integer") from None
         files.append(root / name)
+        numbers.append(number)
     if not files:
         raise VitqbenchError(f"image list {list_file} names no images")
+    # OpenOOD's lists are relative to their data root: "..", an absolute path or a link out is refused
+    inside = [Path(os.path.realpath(f)).is_relative_to(root) for f in files]
+    outside = [(n, f) for n, f, ok in zip(numbers, files, inside, strict=True) if not ok]
+    if outside:
+        number, first = outside[0]
+        raise VitqbenchError(
+            f"image list {list_file}: {len(outside)} of {len(files)} paths resolve outside {root} "
+            f"(first: line {number}, {first.relative_to(root) if first.is_relative_to(root) else first})"
+        )
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise VitqbenchError(

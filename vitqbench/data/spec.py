@@ -59,7 +59,12 @@ def _is_option(text: str) -> bool:
 
 def parse_options(parts: list[str], spec: str, seed: int = 0) -> Options:
     opts = Options(seed=seed)
+    given: dict[str, str] = {}
     for part in parts:
+        kind = "split" if part in SPLITS else "classes" if _CLASSES.match(part) else part.split("=", 1)[0]
+        if kind in given:  # "digits:train:test" would silently keep the last one
+            raise VitqbenchError(f"dataset {spec!r} gives {kind} twice ({given[kind]!r} and {part!r})")
+        given[kind] = part
         if part in SPLITS:
             opts.split = part
         elif _CLASSES.match(part):
@@ -100,6 +105,8 @@ def _load_builtin(name: str, parts: list[str], spec: str, seed: int) -> tuple[Da
         opts = parse_options(parts[1:], spec, seed)
         if opts.split or opts.classes:
             raise VitqbenchError(f"noise sets have no splits or classes ({spec!r})")
+        if opts.n is not None and opts.n > builtin.NOISE_MAX_N:
+            raise VitqbenchError(f"{spec!r}: at most n={builtin.NOISE_MAX_N} noise images")
         dataset = builtin.noise(spec, parts[0], opts.n, opts.seed)
         opts.n = None  # consumed: it was the number of images generated
         return dataset, opts
