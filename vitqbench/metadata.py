@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,34 @@ FEATURES = "features"
 INPUT = "pixel_values"
 
 
+# timm's interpolation names (torchvision's pil_modes_mapping) and crop modes
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+CROP_MODES = ("center", "squash", "border")
+MAX_INPUT_SIDE = 8192
+MIN_CROP_PCT = 0.1  # timm's configs use 0.75-1.0; below this the resize before the crop explodes
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise VitqbenchError(f"unknown {what} {value!r} (one of {', '.join(choices)})")
+
+
+def numbers_field(d: dict[str, Any], name: str) -> tuple[float, ...]:
+    """A list of numbers from JSON or timm (not a string: ``tuple("0.5")`` would be characters)."""
+    value = d.get(name)
+    ok = isinstance(value, (list, tuple)) and value
+    if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise VitqbenchError(f"data_config.{name} must be a list of numbers, got {value!r:.80}")
+    return tuple(float(v) for v in value)
+
+
 @dataclass
 class DataConfig:
-    """timm's eval data config (``resolve_data_config`` keys), enough to reproduce its transform."""
+    """timm's eval data config (``resolve_data_config`` keys), enough to reproduce its transform.
+
+    Every instance is valid (checked on construction): whether it comes from export flags, timm, a
+    training checkpoint's header or a file's metadata, a bad value is one line naming the field.
+    """
 
     input_size: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...]
@@ -39,15 +65,40 @@ class DataConfig:
     crop_pct: float = 0.875
     crop_mode: str = "center"
 
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if len(size) != 3 or not all(float(v).is_integer() and 1 <= v <= MAX_INPUT_SIDE for v in size):
+            raise VitqbenchError(f"data_config.input_size must be 3 whole numbers in 1..{MAX_INPUT_SIDE}, got {size}")
+        channels = int(size[0])
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != channels:
+                raise VitqbenchError(f"data_config.{name} has {len(values)} values for a {channels}-channel input")
+            if not all(math.isfinite(v) for v in values):
+                raise VitqbenchError(f"data_config.{name} must be finite, got {values}")
+        if not all(v > 0 for v in self.std):
+            raise VitqbenchError(f"data_config.std must be positive, got {self.std}")
+        if not (math.isfinite(self.crop_pct) and MIN_CROP_PCT <= self.crop_pct <= 1):
+            raise VitqbenchError(f"data_config.crop_pct must be in [{MIN_CROP_PCT}, 1], got {self.crop_pct}")
+        check_choice(self.interpolation, INTERPOLATIONS, "data_config.interpolation")
+        check_choice(self.crop_mode, CROP_MODES, "data_config.crop_mode")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        if not isinstance(d, dict):
+            raise VitqbenchError(f"data_config must be an object, got {type(d).__name__}")
+        crop_pct = d.get("crop_pct")
+        if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))):
+            raise VitqbenchError(f"data_config.crop_pct must be a number, got {crop_pct!r:.80}")
+        for name in ("interpolation", "crop_mode"):
+            if name in d and not isinstance(d[name], str):
+                raise VitqbenchError(f"data_config.{name} must be a string, got {d[name]!r:.80}")
         return cls(
-            input_size=tuple(int(v) for v in d["input_size"]),
-            mean=tuple(float(v) for v in d["mean"]),
-            std=tuple(float(v) for v in d["std"]),
-            interpolation=str(d.get("interpolation", "bicubic")),
-            crop_pct=float(d.get("crop_pct", 0.875)),
-            crop_mode=str(d.get("crop_mode", "center")),
+            input_size=tuple(int(v) if float(v).is_integer() else v for v in numbers_field(d, "input_size")),
+            mean=numbers_field(d, "mean"),
+            std=numbers_field(d, "std"),
+            interpolation=d.get("interpolation", "bicubic"),
+            crop_pct=0.875 if crop_pct is None else float(crop_pct),
+            crop_mode=d.get("crop_mode", "center"),
         )
 
 
@@ -97,13 +148,65 @@ class ModelMetadata:
 
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
-        d = json.loads(text)
+        """Parse and check the document; any malformed field is one line naming it."""
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise VitqbenchError(f"not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise VitqbenchError(f"a JSON {type(d).__name__}, not an object")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise VitqbenchError(f"unsupported vitqbench metadata version {version!r} (this is {SCHEMA_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise VitqbenchError(f"unknown field(s) {', '.join(unknown)}")
+        for name, kind, required in _FIELDS:
+            value = d.get(name)
+            if value is None and not required:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):
+                shown = "missing" if name not in d else f"a {type(value).__name__}"
+                raise VitqbenchError(f"field {name} must be {_KIND_NAMES[kind]}, got {shown}")
+        for name in ("num_classes", "feature_dim"):
+            if d[name] < 1:
+                raise VitqbenchError(f"field {name} must be positive, got {d[name]}")
+        if not all(isinstance(d.get("outputs", {}).get(k, ""), str) for k in (LOGITS, FEATURES)):
+            raise VitqbenchError("field outputs must map logits and features to output names")
+        names = d.get("class_names")
+        if names is not None and not all(isinstance(n, str) for n in names):
+            raise VitqbenchError("field class_names must be a list of strings")
         d["data_config"] = DataConfig.from_dict(d["data_config"])
-        d["head"] = HeadRef(**d["head"]) if d.get("head") else None
+        d["head"] = _head(d["head"]) if d.get("head") else None
         return cls(**d)
+
+
+_FIELDS = (  # (name, JSON type, required) of the metadata document
+    ("timm_name", str, True),
+    ("timm_tag", str, False),
+    ("model_kwargs", dict, True),
+    ("source", dict, True),
+    ("num_classes", int, True),
+    ("feature_dim", int, True),
+    ("data_config", dict, True),
+    ("head", dict, False),
+    ("class_names", list, False),
+    ("input_name", str, False),
+    ("outputs", dict, False),
+    ("opset", int, False),
+    ("quantization", dict, False),
+)
+_KIND_NAMES = {str: "a string", dict: "an object", int: "a whole number", list: "a list"}
+
+
+def _head(d: dict[str, Any]) -> HeadRef:
+    bias = d.get("bias")
+    if not isinstance(d.get("weight"), str) or not isinstance(bias, (str, type(None))):
+        raise VitqbenchError("field head must name its weight (and bias) initializers as strings")
+    layout = d.get("layout", "out_in")
+    check_choice(layout, ("out_in", "in_out"), "head.layout")
+    return HeadRef(weight=d["weight"], bias=bias, layout=layout)
 
 
 def set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
@@ -119,7 +222,10 @@ def set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
 def get_metadata(model: onnx.ModelProto, origin: str = "model") -> ModelMetadata:
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return ModelMetadata.from_json(prop.value)
+            try:
+                return ModelMetadata.from_json(prop.value)
+            except VitqbenchError as exc:
+                raise VitqbenchError(f"{origin}: bad vitqbench metadata: {exc}") from None
     raise VitqbenchError(
         f"{origin} has no vitqbench metadata; export it with `vitqbench export MODEL -o OUT.onnx` first"
     )

@@ -178,7 +178,7 @@ def test_bad_set_and_bad_kwarg(tmp_path, run_cli):
     result = run_cli("export", "deit_tiny_patch16_224", "--no-pretrained", "--set", "bogus_arg=1", "-o", out)
     _assert_one_line_error(result, "bogus_arg")
     result = run_cli("export", "deit_tiny_patch16_224", "--no-pretrained", "--interpolation", "foo", "-o", out)
-    _assert_one_line_error(result, "unknown --interpolation 'foo'")
+    _assert_one_line_error(result, "unknown data_config.interpolation 'foo'")
     assert not out.exists()
 
 

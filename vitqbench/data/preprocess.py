@@ -28,12 +28,6 @@ PIL_INTERPOLATION = {
     "hamming": Image.Resampling.HAMMING,
     "lanczos": Image.Resampling.LANCZOS,
 }
-CROP_MODES = ("center", "squash", "border")
-
-
-def check_interpolation(name: str, what: str = "interpolation") -> None:
-    if name not in PIL_INTERPOLATION:
-        raise VitqbenchError(f"unknown {what} {name!r} (one of {', '.join(PIL_INTERPOLATION)})")
 
 
 @dataclass(frozen=True)
@@ -53,17 +47,12 @@ class Geometry:
         channels, height, width = (int(v) for v in config.input_size)
         if channels not in (1, 3):
             raise VitqbenchError(f"models with {channels} input channels are not supported (only 1 or 3)")
-        check_interpolation(config.interpolation)
-        if config.crop_mode not in CROP_MODES:
-            raise VitqbenchError(f"unknown crop_mode {config.crop_mode!r} (one of {', '.join(CROP_MODES)})")
-        if len(config.mean) != channels or len(config.std) != channels:
-            raise VitqbenchError(f"mean/std have {len(config.mean)} values for a {channels}-channel input")
         return cls(
             height=height,
             width=width,
             channels=channels,
             interpolation=config.interpolation,
-            crop_pct=float(config.crop_pct or 0.875),
+            crop_pct=config.crop_pct,
             crop_mode=config.crop_mode,
             # only "border" pads with the mean colour; elsewhere mean must not split the cache
             fill=tuple(round(255 * m) if config.crop_mode == "border" else 0 for m in config.mean),

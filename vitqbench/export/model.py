@@ -7,6 +7,7 @@ import difflib
 import functools
 import json
 import logging
+import pickle
 import socket
 import threading
 import urllib.parse
@@ -23,7 +24,7 @@ from timm.models import get_pretrained_cfg, is_model, split_model_name_tag
 
 from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.files import sha256_file
-from vitqbench.metadata import DataConfig
+from vitqbench.metadata import DataConfig, numbers_field
 
 CHECKPOINT_METADATA_KEY = "vitqbench.checkpoint"
 
@@ -128,6 +129,16 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not str(exc).startswith("Weights only load failed"):
+            raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
+        # torch's message opens with how to load it unsafely; the reason is in the lines after that
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        reason = " ".join(line for line in lines if not line.startswith("Check the documentation"))
+        raise VitqbenchError(
+            f"refusing checkpoint {path}: it holds more than weights ({reason}); vitqbench loads with "
+            "weights_only=True and never runs a checkpoint's code: save a plain state dict or safetensors"
+        ) from exc
     except Exception as exc:
         kind = "safetensors" if path.suffix == ".safetensors" else "torch.save (weights only)"
         raise VitqbenchError(
@@ -176,7 +187,28 @@ def read_checkpoint_description(path: Path) -> dict[str, Any] | None:
     except Exception as exc:
         raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
     text = header.get(CHECKPOINT_METADATA_KEY)
-    return json.loads(text) if text else None
+    if not text:
+        return None
+    try:
+        return check_checkpoint_description(json.loads(text))
+    except (json.JSONDecodeError, VitqbenchError) as exc:
+        raise VitqbenchError(f"checkpoint {path}: bad description header: {exc}") from None
+
+
+def check_checkpoint_description(description: Any) -> dict[str, Any]:
+    """The header's fields that export reads, each of the right type (the data config is checked whole
+    by ``DataConfig`` once merged with timm's)."""
+    if not isinstance(description, dict):
+        raise VitqbenchError(f"a JSON {type(description).__name__}, not an object")
+    if not isinstance(description.get("timm_name"), str) or not description["timm_name"]:
+        raise VitqbenchError("field timm_name must be a model name")
+    for name, kind, what in (("model_kwargs", dict, "an object"), ("data_config", dict, "an object")):
+        if not isinstance(description.get(name, {}), kind):
+            raise VitqbenchError(f"field {name} must be {what}, got {type(description[name]).__name__}")
+    names = description.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise VitqbenchError("field class_names must be a list of strings")
+    return description
 
 
 def _imagenet_synsets(net: Any) -> list[str] | None:
@@ -278,16 +310,9 @@ def data_config_for(
     if std is not None:
         config["std"] = std
     if interpolation is not None:
-        from vitqbench.data.preprocess import check_interpolation
-
-        check_interpolation(interpolation, "--interpolation")
         config["interpolation"] = interpolation
     if crop_pct is not None:
-        if not 0 < crop_pct <= 1:
-            raise VitqbenchError(f"--crop-pct must be in (0, 1], got {crop_pct}")
         config["crop_pct"] = crop_pct
-    config["mean"] = _per_channel(config["mean"], channels, "mean")
-    config["std"] = _per_channel(config["std"], channels, "std")
-    if any(s <= 0 for s in config["std"]):
-        raise VitqbenchError("std values must be positive")
-    return DataConfig.from_dict(config)
+    config["mean"] = _per_channel(numbers_field(config, "mean"), channels, "mean")
+    config["std"] = _per_channel(numbers_field(config, "std"), channels, "std")
+    return DataConfig.from_dict(config)  # checks every value, as when the file is read back
