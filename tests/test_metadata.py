@@ -59,7 +59,7 @@ BAD_FIELDS = [  # (field, value, what the error names)
     ("data_config.std", [float("nan")] * 3, "data_config.std must be finite"),
     ("data_config.std", [0.5], "data_config.std has 1 values"),
     ("data_config.crop_pct", 1e-6, "data_config.crop_pct must be in"),
-    ("data_config.crop_pct", 50.0, "data_config.crop_pct must be in"),
+    ("data_config.crop_pct", 50.0, "data_config.crop_pct must be in [0.1, 2.0]"),
     ("data_config.crop_pct", "0.9", "data_config.crop_pct must be a number"),
     ("data_config.interpolation", "sinc", "unknown data_config.interpolation 'sinc'"),
     ("data_config.crop_mode", "zoom", "unknown data_config.crop_mode 'zoom'"),

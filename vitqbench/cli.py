@@ -72,7 +72,7 @@ def export(
     mean: str | None = typer.Option(None, help="Override normalization mean: one value or one per channel."),
     std: str | None = typer.Option(None, help="Override normalization std: one value or one per channel."),
     interpolation: str | None = typer.Option(None, help="Override resize interpolation (bicubic, bilinear)."),
-    crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (0, 1]."),
+    crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (timm's crop_pct, 0.1-2)."),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""
     from vitqbench.export import export_model

@@ -33,7 +33,8 @@ INPUT = "pixel_values"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 CROP_MODES = ("center", "squash", "border")
 MAX_INPUT_SIDE = 8192
-MIN_CROP_PCT = 0.1  # timm's configs use 0.75-1.0; below this the resize before the crop explodes
+# timm's configs use 0.75-1.0 (above 1 pads); below 0.1 the resize before the crop explodes in size
+CROP_PCT_RANGE = (0.1, 2.0)
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
@@ -77,8 +78,9 @@ class DataConfig:
                 raise VitqbenchError(f"data_config.{name} must be finite, got {values}")
         if not all(v > 0 for v in self.std):
             raise VitqbenchError(f"data_config.std must be positive, got {self.std}")
-        if not (math.isfinite(self.crop_pct) and MIN_CROP_PCT <= self.crop_pct <= 1):
-            raise VitqbenchError(f"data_config.crop_pct must be in [{MIN_CROP_PCT}, 1], got {self.crop_pct}")
+        low, high = CROP_PCT_RANGE
+        if not (math.isfinite(self.crop_pct) and low <= self.crop_pct <= high):
+            raise VitqbenchError(f"data_config.crop_pct must be in [{low}, {high}], got {self.crop_pct}")
         check_choice(self.interpolation, INTERPOLATIONS, "data_config.interpolation")
         check_choice(self.crop_mode, CROP_MODES, "data_config.crop_mode")
 
