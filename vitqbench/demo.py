@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from vitqbench.data.builtin import fashion_mnist_dir
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate import EvalConfig, EvalResults, finish_run
 from vitqbench.export import export_model
 from vitqbench.files import check_output_dir, default_cache_dir
@@ -120,6 +120,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     console = console or Console(emoji=False)
     start = time.perf_counter()
     check_output_dir(config.out)
+    check_seed(config.seed)
     if config.epochs is not None and config.epochs < 1:
         raise VitqbenchError(f"--epochs must be at least 1 (got {config.epochs})")
     data = demo_data(config.dataset, config.ood_size)

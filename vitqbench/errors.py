@@ -11,6 +11,13 @@ class VitqbenchError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
 
+def check_seed(seed: object, what: str = "--seed") -> int:
+    """A seed every consumer accepts (numpy's default_rng, torch.manual_seed, noise workers)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise VitqbenchError(f"{what} must be a whole number in 0..{2**32 - 1}, got {seed!r}")
+    return seed
+
+
 def first_line(exc: BaseException | str) -> str:
     """The first line of an error message (libraries raise multi-line ones), or the exception's type name."""
     text = str(exc).strip()

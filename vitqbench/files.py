@@ -7,6 +7,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +26,11 @@ def default_cache_dir() -> Path:
     """The cache root shared by every part (decoded images, model outputs, score state, demo checkpoints)."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "vitqbench"
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one file name: no separators, so a label such as ``../../x`` stays in its folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
 def check_output_file(path: str | Path) -> Path:

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.files import sha256_file
 
 METADATA_KEY = "vitqbench"
@@ -239,22 +240,36 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
     if not path.is_file():
         raise VitqbenchError(f"no such file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types on garbage input
         raise VitqbenchError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from exc
     if not model.graph.node:  # an empty file parses as an empty model
         raise VitqbenchError(f"{path} is not an ONNX model (no graph)")
+    if load_weights and len(model_files(path, model)) > 1:
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise VitqbenchError(f"{path}: cannot read its external data ({first_line(exc)})") from exc
     return model
 
 
 def model_files(path: str | Path, model: onnx.ModelProto | None = None) -> list[Path]:
-    """The ONNX file and the external-data files its initializers name (weights saved beside it)."""
+    """The ONNX file and the external-data files its initializers name (weights saved beside it).
+
+    As ONNX Runtime requires, each must lie inside the model's folder: a relative location without
+    "..", not a link out. Checked before anything opens, hashes or sizes them.
+    """
     path = Path(path)
     model = model if model is not None else load_onnx(path, load_weights=False)
-    locations = {
-        entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"
-    }
-    return [path, *(path.parent / name for name in sorted(locations))]
+    tensors = [*model.graph.initializer]
+    tensors += [attr.t for node in model.graph.node for attr in node.attribute if attr.HasField("t")]
+    locations = sorted({e.value for t in tensors for e in t.external_data if e.key == "location"})
+    folder = Path(os.path.realpath(path.parent))
+    for name in locations:
+        escapes = Path(name).is_absolute() or ".." in Path(name).parts
+        if escapes or not Path(os.path.realpath(path.parent / name)).is_relative_to(folder):
+            raise VitqbenchError(f"{path}: external data {name!r} lies outside the model's folder; refused")
+    return [path, *(path.parent / name for name in locations)]
 
 
 def model_size_bytes(path: str | Path, model: onnx.ModelProto | None = None) -> int:

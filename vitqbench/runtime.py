@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -9,11 +10,27 @@ import psutil
 
 from vitqbench.errors import SWAP_TO_GPU, VitqbenchError, first_line
 
+ort.set_default_logger_severity(3)  # errors only, before any session: no coloured load-time warnings
+
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or a scheduler's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None, what: str = "--threads") -> None:
+    """More threads than cores only makes them fight (a huge count starves the machine for minutes)."""
+    if threads is None:
+        return
+    cores = available_cores()
+    if not 1 <= threads <= cores:
+        raise VitqbenchError(f"{what} must be in 1..{cores} (the cores available here), got {threads}")
 
 
 def physical_cores() -> int:

@@ -21,11 +21,12 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainin
 from safetensors.torch import save_file
 
 from vitqbench.data import Dataset, decoded_images, load_dataset
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.export.model import CHECKPOINT_METADATA_KEY, check_model_name
 from vitqbench.files import atomic_path, check_output_file
 from vitqbench.metadata import DataConfig
 from vitqbench.progress import progress_bar
+from vitqbench.runtime import check_threads
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 # 28x28 inputs in 4x4 patches (49 tokens), width 128 (every 4-bit block size divides K), depth 6.
@@ -101,8 +102,8 @@ def _check(config: TrainConfig) -> None:
         raise VitqbenchError("weight decay must be >= 0, label smoothing and the validation fraction in [0, 1)")
     if config.max_shift < 0:
         raise VitqbenchError(f"max shift must be >= 0 (got {config.max_shift})")
-    if config.threads is not None and config.threads < 1:
-        raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
+    check_threads(config.threads)
+    check_seed(config.seed)
 
 
 def train_model(config: TrainConfig, out: Path, progress: bool = True, cache_dir: Path | None = None) -> TrainResult:

@@ -21,9 +21,9 @@ from vitqbench.bench.machine import machine_info
 from vitqbench.bench.results import BenchRecord, BenchResult, Span
 from vitqbench.bench.stats import summarize
 from vitqbench.bench.targets import Target, inspect_onnx, label_targets, torch_target
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.progress import progress_bar
-from vitqbench.runtime import physical_cores, resolve_provider
+from vitqbench.runtime import check_threads, physical_cores, resolve_provider
 
 DEFAULT_ITERS = 50
 
@@ -57,8 +57,8 @@ class BenchSettings:
             raise VitqbenchError(f"--warmup must be >= 0, got {self.warmup}")
         if self.rounds <= 0:
             raise VitqbenchError(f"--rounds must be positive, got {self.rounds}")
-        if self.threads is not None and self.threads <= 0:
-            raise VitqbenchError(f"--threads must be positive, got {self.threads}")
+        check_threads(self.threads)
+        check_seed(self.seed)
         resolve_provider(self.provider)
         return dataclasses.replace(
             self,

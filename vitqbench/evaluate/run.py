@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vitqbench.errors import DiskFull, Interrupted, VitqbenchError, first_line
+from vitqbench.errors import DiskFull, Interrupted, VitqbenchError, check_seed, first_line
 from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
 from vitqbench.evaluate.inference import run_cell
 from vitqbench.evaluate.progress import CellProgress
@@ -36,7 +36,7 @@ from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_sco
 from vitqbench.evaluate.state import fitted_score, score_inputs
 from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
 from vitqbench.ood.metrics import headline_fpr
-from vitqbench.runtime import resolve_provider
+from vitqbench.runtime import check_threads, resolve_provider
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
 FIT = "fit"  # the name of the fit set in results
@@ -87,8 +87,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
         raise VitqbenchError("no models given (--model A.onnx ...)")
     if config.batch_size < 1:
         raise VitqbenchError(f"--batch-size must be at least 1 (got {config.batch_size})")
-    if config.threads is not None and config.threads < 1:
-        raise VitqbenchError(f"--threads must be at least 1 (got {config.threads})")
+    check_threads(config.threads)
+    check_seed(config.seed)
     for name in config.ood:
         if name in {config.id_name or config.id, FIT, MEAN} or ":" in name:
             raise VitqbenchError(

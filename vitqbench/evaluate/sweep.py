@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,10 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate.results import OOD_GROUPS, EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
-from vitqbench.files import check_output_dir, sha256_file, write_text_atomic
+from vitqbench.files import check_output_dir, safe_name, sha256_file, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +52,7 @@ class SweepModel:
 
     @property
     def slug(self) -> str:
-        return self.label or re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
+        return safe_name(self.label or self.name)
 
 
 @dataclass
@@ -139,7 +138,7 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
         calib_size=int(data.get("calib_size", 256)),
         scores=study.get("scores"),
         batch_size=int(study.get("batch_size", 64)),
-        seed=int(study.get("seed", 0)),
+        seed=check_seed(study.get("seed", 0), f"{origin} [study] seed"),
         bench=bool(study.get("bench", False)),
         bench_options=dict(study.get("bench_options", {})),
     )
@@ -168,6 +167,7 @@ def _model(table: dict[str, Any], origin: str) -> SweepModel:
     _only(table, {"name", "pretrained", "checkpoint", "kwargs", "seed", "label"}, f"{origin} [[models]]")
     if "name" not in table:
         raise VitqbenchError(f"{origin}: every [[models]] needs name = TIMM_NAME")
+    check_seed(table.get("seed", 0), f"{origin} [[models]] seed")
     return SweepModel(**table)
 
 
@@ -235,7 +235,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             continue
         family = []
         for precision in config.precisions:
-            label = f"{model.slug}.{precision.name}"
+            label = f"{model.slug}.{safe_name(precision.name)}"
             path = fp32 if precision.bits is None else models_dir / f"{label}.onnx"
             if precision.bits is not None:
                 try:

@@ -130,14 +130,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not str(exc).startswith("Weights only load failed"):
-            raise VitqbenchError(f"cannot read checkpoint {path}: {first_line(exc)[:200]}") from exc
-        # torch's message opens with how to load it unsafely; the reason is in the lines after that
+        # torch's message opens with how to load the file unsafely; the reason is in the lines after that
         lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-        reason = " ".join(line for line in lines if not line.startswith("Check the documentation"))
+        reason = " ".join(line.split("use case: ")[-1] for line in lines if not line.startswith("Check the doc"))
         raise VitqbenchError(
-            f"refusing checkpoint {path}: it holds more than weights ({reason}); vitqbench loads with "
-            "weights_only=True and never runs a checkpoint's code: save a plain state dict or safetensors"
+            f"cannot read checkpoint {path} with weights_only=True ({reason or first_line(exc)}); vitqbench never "
+            "runs a checkpoint's code: save a plain state dict or safetensors"
         ) from exc
     except Exception as exc:
         kind = "safetensors" if path.suffix == ".safetensors" else "torch.save (weights only)"

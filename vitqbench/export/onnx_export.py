@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from vitqbench.errors import VitqbenchError, first_line
+from vitqbench.errors import VitqbenchError, check_seed, first_line
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
 from vitqbench.files import atomic_path, check_output_file
@@ -172,6 +172,10 @@ def export_model(
     out = check_output_file(out)
     if opset < 18:
         raise VitqbenchError(f"opset {opset} is too old: the exporter needs opset >= 18")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise VitqbenchError(f"opset {opset} is newer than the installed onnx knows (<= {newest})")
+    check_seed(seed)
     built: BuiltModel = build_model(
         model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=model_kwargs, seed=seed
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from vitqbench.errors import VitqbenchError
+from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.metadata import DataConfig
 
 
@@ -100,6 +100,7 @@ class CalibrationSet:
 
 def calibration_set(config: CalibConfig, data_config: DataConfig, progress: bool = False) -> CalibrationSet:
     """Load ``config.data`` and draw the seeded subset, failing early with one line on bad input."""
+    check_seed(config.seed)
     if config.size < 1:
         raise VitqbenchError(f"--calib-size must be at least 1 (got {config.size})")
     if config.batch_size < 1:
