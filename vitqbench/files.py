@@ -43,6 +43,13 @@ def check_output_file(path: str | Path) -> Path:
         raise VitqbenchError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise VitqbenchError(f"cannot write {path}: directory {parent} is not writable")
+    try:  # os.access misses a read-only mount seen by root, and a full disk
+        with tempfile.TemporaryFile(dir=parent) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise VitqbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -52,6 +59,40 @@ def check_output_dir(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise VitqbenchError(f"{path} is a file; give a folder for the results")
     return path
+
+
+LOCK_NAME = ".vitqbench.lock"
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path) -> Iterator[Path]:
+    """Hold ``path`` for one run: created and proved writable up front, then locked.
+
+    The lock is an flock on ``path/.vitqbench.lock``: a second run into the same folder fails with
+    one line naming the holder's pid, and the kernel drops the lock when the holder exits or is
+    killed, so it can never go stale.
+    """
+    path = check_output_dir(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:  # a read-only or full filesystem fails here
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise VitqbenchError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise VitqbenchError(f"{path} is in use by pid {holder} (another vitqbench run writes there)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -69,7 +110,12 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     fcntl.flock(fd, fcntl.LOCK_EX)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise VitqbenchError(f"cannot write {path}: {exc.strerror}") from None
         if tmp_path.is_file():  # mkstemp creates 0600; give the result the usual umask permissions
             umask = os.umask(0)
             os.umask(umask)

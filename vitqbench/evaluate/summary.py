@@ -63,13 +63,14 @@ def finish_run(
     plot_scores: str | None = None,
 ) -> EvalResults:
     """Run the eval, write every report file, print a summary; raise if any cell failed."""
-    from vitqbench.files import check_output_dir
+    from vitqbench.files import check_output_dir, output_folder
     from vitqbench.report import write_report
 
     check_output_dir(out_dir)
     chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)  # before any model runs
-    results = run_eval(config)
-    write_report(results, out_dir, save_outputs=save_outputs, plot_scores=chosen)
+    with output_folder(out_dir):
+        results = run_eval(config)
+        write_report(results, out_dir, save_outputs=save_outputs, plot_scores=chosen)
     console = console or Console(emoji=False)
     print_summary(results, console)
     console.print(f"report: {out_dir / 'report.md'}  (results.json, results.csv, plots/)")

@@ -22,7 +22,7 @@ from typing import Any
 from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate.results import OOD_GROUPS, EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
-from vitqbench.files import check_output_dir, safe_name, sha256_file, write_text_atomic
+from vitqbench.files import check_output_dir, output_folder, safe_name, sha256_file, write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -456,8 +456,9 @@ def finish_sweep(
     from vitqbench.report import write_report
 
     chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)
-    results = run_sweep(config, options)
-    write_report(results, options.out, save_outputs=save_outputs, plot_scores=chosen)
+    with output_folder(options.out):
+        results = run_sweep(config, options)
+        write_report(results, options.out, save_outputs=save_outputs, plot_scores=chosen)
     if console is not None:
         print_summary(results, console)
         console.print(f"report: {options.out / 'report.md'}  (models in {options.out / 'models'})")
