@@ -73,6 +73,7 @@ def output_folder(path: str | Path) -> Iterator[Path]:
     killed, so it can never go stale.
     """
     path = check_output_dir(path)
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path) as probe:  # a read-only or full filesystem fails here
@@ -90,7 +91,13 @@ def output_folder(path: str | Path) -> Iterator[Path]:
             raise VitqbenchError(f"{path} is in use by pid {holder} (another vitqbench run writes there)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield path
+        try:
+            yield path
+        except BaseException:
+            if created and [p.name for p in path.iterdir()] == [LOCK_NAME]:  # a run that wrote nothing
+                (path / LOCK_NAME).unlink()
+                path.rmdir()
+            raise
     finally:
         os.close(fd)  # releases the lock
 
@@ -112,8 +119,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        except OSError as exc:  # a full disk is DiskFull, below
+            if exc.errno not in (errno.EROFS, errno.EACCES):
                 raise
             raise VitqbenchError(f"cannot write {path}: {exc.strerror}") from None
         if tmp_path.is_file():  # mkstemp creates 0600; give the result the usual umask permissions

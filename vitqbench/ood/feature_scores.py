@@ -68,6 +68,11 @@ class Mahalanobis(Score):
 
     def _fit(self, x: ScoreInputs) -> None:
         _, self.means_, inverse = _class_means(x.features, x.labels)
+        if len(x.labels) <= len(self.means_):  # no sample left over: a zero covariance, a silent 50 % AUROC
+            raise VitqbenchError(
+                f"{self.name}: the fit set has {len(x.labels)} samples for {len(self.means_)} classes; "
+                "its class-shared covariance needs more samples than classes"
+            )
         self.basis_, self.inverse_eigenvalues_ = _precision_basis(x.features - self.means_[inverse])
 
     def _score(self, inputs: ScoreInputs) -> np.ndarray:
