@@ -25,6 +25,15 @@ CASES = {
         "eval -m ONNX --id digits:test --fpr-convention ood -o TMP/e",
         "--fpr-convention must be openood or id-positive",
     ),
+    "eval --tune without validation OOD": (
+        "eval -m ONNX --id digits:test --tune --val-id digits:train -o TMP/e",
+        "--tune needs --val-id DATA and --val-ood DATA",
+    ),
+    "eval with validation sets but no --tune": (
+        "eval -m ONNX --id digits:test --val-ood photos -o TMP/e",
+        "read only with --tune",
+    ),
+    "sweep --tune without validation sets": ("sweep --preset tiny --tune -o TMP/s", "tune needs val_id"),
     "sweep with an unknown FPR convention": ("sweep --preset tiny --fpr-convention x -o TMP/s", "--fpr-convention"),
 }
 

@@ -276,6 +276,11 @@ def eval_(
     bench_: bool = typer.Option(False, "--bench", help="Also measure latency and size of every model."),
     seed: int = typer.Option(0, "--seed", help="Seed of n= subsets and noise that name no seed= (recorded)."),
     strict: bool = typer.Option(False, "--strict", help="An unreadable image fails its dataset (default: skip)."),
+    tune: bool = typer.Option(
+        False, "--tune", help="Search each tunable score's OpenOOD grid by AUROC on --val-id vs --val-ood."
+    ),
+    val_id: str | None = typer.Option(None, "--val-id", help="ID validation DATA for --tune (OpenOOD's ID-val)."),
+    val_ood: str | None = typer.Option(None, "--val-ood", help="OOD validation DATA for --tune (OOD-val)."),
     fpr_convention: str = typer.Option(
         "openood",
         "--fpr-convention",
@@ -314,6 +319,9 @@ def eval_(
         progress=progress,
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
+        tune=tune,
+        val_id=val_id,
+        val_ood=val_ood,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 
@@ -337,6 +345,9 @@ def sweep(
     bench_: bool | None = typer.Option(None, "--bench/--no-bench", help="Override the study's bench."),
     save_outputs: bool = typer.Option(False, "--save-outputs", help="Write per-sample arrays, OUT/outputs/."),
     show: bool = typer.Option(False, "--show", help="Print the study's TOML (e.g. a preset) and exit."),
+    tune: bool | None = typer.Option(
+        None, "--tune/--no-tune", help="Override the study's tune (needs val_id and val_ood in [data])."
+    ),
     fpr_convention: str = typer.Option(
         "openood",
         "--fpr-convention",
@@ -373,6 +384,7 @@ def sweep(
         progress=progress,
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
+        tune=tune,
     )
     finish_sweep(study, options, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 

@@ -348,3 +348,60 @@ def test_every_openood_score_runs_in_eval_from_the_cached_outputs(first_run, mod
         for score in results.score_names:
             m = results.ood_metric(label, "photos", score)
             assert m is not None and 0.0 <= m.auroc <= 1.0, (label, score)
+
+
+def test_tune_searches_each_tunable_grid_on_the_validation_sets(first_run, models, tmp_path):
+    """--tune: results.json holds each grid, every point's validation AUROC and the chosen values,
+    and the test-set metrics are those of the chosen values."""
+    from vitqbench.ood import ScoreInputs, create_score
+    from vitqbench.report import write_report
+
+    _, cache = first_run
+    config = EvalConfig(
+        models=models[:1],
+        id=ID,
+        fit=FIT,
+        ood={"photos": "photos"},
+        scores="msp,gen,knn,react,vim",
+        tune=True,
+        val_id="digits:train:n=120:seed=5",
+        val_ood="noise:uniform:n=60",
+        cache_dir=cache,
+        progress=False,
+    )
+    results = run_eval(config)
+    # vim's grid (256, 1000) does not fit 64-d features: a failed cell with the reason
+    assert [(f.stage, "vim dim must be in [1, 63]" in f.message) for f in results.failures] == [("tune vim", True)]
+    tuned = {t["score"]: t for t in results.tuning}
+    assert set(tuned) == {"gen", "knn", "react"}  # msp has no grid
+    knn = tuned["knn"]
+    assert knn["grid"] == {"k": [50, 100, 200, 500, 1000]}
+    assert [p["val_auroc"] is None for p in knn["points"]] == [False, False, False, True, True]  # 400 fit samples
+    best = max(p["val_auroc"] for p in knn["points"] if p["val_auroc"] is not None)
+    assert knn["chosen"] == next(p["params"] for p in knn["points"] if p["val_auroc"] == best)
+    assert len(tuned["gen"]["points"]) == 42
+    # the test metrics are those of the chosen k
+    id_out, ood_out = (np.load(p) for p in _cached_outputs(cache, results, (ID, "photos")))
+    fit_out = np.load(_cached_outputs(cache, results, ("fit",))[0])
+    score = create_score("knn", **knn["chosen"]).fit(ScoreInputs(features=fit_out["features"]))
+    want = ood_metrics(
+        score.score(ScoreInputs(features=id_out["features"])), score.score(ScoreInputs(features=ood_out["features"]))
+    )
+    assert results.ood_metric(results.models[0].label, "photos", "knn").auroc == want.auroc
+    write_report(results, tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["tuning"][0]["points"][0]["val_auroc"] is not None and doc["settings"]["tune"] is True
+    assert (
+        "## Tuning on digits:train:n=120:seed=5 vs noise:uniform:n=60" in (tmp_path / "out" / "report.md").read_text()
+    )
+
+
+def _cached_outputs(cache: Path, results, names) -> list[Path]:
+    label = results.models[0].label
+    return [cache / "outputs" / f"{results.cache['cells'][f'{label}__{name}']}.npz" for name in names]
+
+
+def test_without_tune_the_report_says_defaults_were_fixed(first_run):
+    out, _ = first_run
+    report = (out / "report.md").read_text()
+    assert "fixed default parameters" in report and "OpenOOD v1.5 tunes vim" in report

@@ -138,6 +138,8 @@ class EvalResults:
     cache: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     bench: list[dict[str, Any]] = field(default_factory=list)
+    # --tune: per model and tunable score, the grid, each point's validation AUROC and the chosen values
+    tuning: list[dict[str, Any]] = field(default_factory=list)
     # (model label, dataset name) -> {"labels", "predictions", "paths", "<score>": scores}; not in JSON
     samples: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 

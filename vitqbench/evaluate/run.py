@@ -8,7 +8,7 @@ model is missing from the cache, so a repeated run touches no model at all.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from vitqbench.runtime import check_threads, resolve_provider
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
 FIT = "fit"  # the name of the fit set in results
+VAL_ID, VAL_OOD = "val-id", "val-ood"  # the validation sets --tune searches score grids on
 
 
 @dataclass
@@ -62,6 +63,9 @@ class EvalConfig:
     data_roots: dict[str, Path] = field(default_factory=dict)  # per set ("id", "fit", OOD name): list roots
     strict: bool = False
     bench: bool = False
+    tune: bool = False  # search each tunable score's OpenOOD grid by AUROC of val_id vs val_ood
+    val_id: str | None = None
+    val_ood: str | None = None
     fpr_convention: str = "openood"  # which FPR@95 tables lead with: openood (OOD+) or id-positive
     bench_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -90,7 +94,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
     check_threads(config.threads)
     check_seed(config.seed)
     for name in config.ood:
-        if name in {config.id_name or config.id, FIT, MEAN} or ":" in name:
+        if name in {config.id_name or config.id, FIT, VAL_ID, VAL_OOD, MEAN} or ":" in name:
             raise VitqbenchError(
                 f"OOD set name {name!r} clashes with the ID set, the fit set or {MEAN!r} (or holds ':')"
             )
@@ -103,6 +107,10 @@ def run_eval(config: EvalConfig) -> EvalResults:
         names = ", ".join(s.label for s in fit_specs)
         raise VitqbenchError(f"score(s) {names} must be fitted: give --fit DATA (e.g. the ID training set)")
     headline_fpr(config.fpr_convention)  # a typo is one line before anything runs
+    if config.tune and not (config.val_id and config.val_ood):
+        raise VitqbenchError("--tune needs --val-id DATA and --val-ood DATA (OpenOOD tunes on ID-val vs OOD-val)")
+    if not config.tune and (config.val_id or config.val_ood):
+        raise VitqbenchError("--val-id and --val-ood are read only with --tune")
     resolve_provider(config.provider)  # an unknown or missing provider is one error, not a failure per model
     cache_root = resolve_cache_dir(config.cache_dir)
     cache = OutputCache(cache_root)
@@ -121,6 +129,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
     id_data = next(d for d in datasets if d.info.role == "id")
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
     ood_data = [d for d in datasets if d.info.role == "ood"]
+    val_data = [d for d in datasets if d.info.role in (VAL_ID, VAL_OOD)]
     if fit_data is not None and fit_data.info.key == id_data.info.key:
         warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
     warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
@@ -129,7 +138,13 @@ def run_eval(config: EvalConfig) -> EvalResults:
         models=[m.info for m in models],
         datasets=[d.info for d in datasets],
         scores=[
-            {"name": s.label, "score": s.name, "params": s.create().params(), "needs_fit": s.create().needs_fit}
+            {
+                "name": s.label,
+                "score": s.name,
+                "params": s.create().params(),
+                "needs_fit": s.create().needs_fit,
+                "tunable": s.tunable,  # OpenOOD tunes it; --tune searches its grid
+            }
             for s in specs
         ],
         id_metrics=[],
@@ -148,7 +163,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
         },
         warnings=warnings,
     )
-    run_data = [id_data, *([fit_data] if fit_data is not None else []), *ood_data]
+    run_data = [id_data, *([fit_data] if fit_data is not None else []), *ood_data, *val_data]
     try:
         with CellProgress(enabled=config.progress) as progress:
             for model in models:
@@ -298,6 +313,8 @@ def _load_datasets(
     wanted = [(config.id, "id", config.id_name or config.id)]
     if needs_fit and config.fit:
         wanted.append((config.fit, "fit", FIT))
+    if config.tune:
+        wanted += [(config.val_id, VAL_ID, VAL_ID), (config.val_ood, VAL_OOD, VAL_OOD)]
     wanted += [(spec, "ood", name) for name, spec in config.ood.items()]
     loaded = []
     for spec, role, name in wanted:
@@ -478,8 +495,14 @@ def _score_model(
     ood_names = [d.info.name for d in ood_data]
     for spec in specs:
         try:
+            chosen = _tuned(config, spec, model, outputs, fit_out, results)
+        except Exception as exc:  # a score that cannot be tuned is a failed cell, with the reason
+            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+            results.failures.append(Failure(label, VAL_OOD, f"tune {spec.label}", message))
+            continue
+        try:
             score = fitted_score(
-                spec, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.provider
+                chosen, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.provider
             )
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -516,6 +539,28 @@ def _score_model(
             results.ood_metrics.append(OodResult(model=label, dataset=mean, score=spec.label, **group.to_dict()))
 
 
+def _tuned(
+    config: EvalConfig,
+    spec: ScoreSpec,
+    model: _Model,
+    outputs: dict[str, Outputs],
+    fit_out: Outputs | None,
+    results: EvalResults,
+) -> ScoreSpec:
+    """``spec`` with the values --tune chose on the validation sets (recorded in results.tuning)."""
+    if not config.tune or not spec.tunable:
+        return spec
+    from vitqbench.ood.tuning import tune_score
+
+    val = [outputs.get(name) for name in (VAL_ID, VAL_OOD)]
+    if None in val:
+        raise VitqbenchError("cannot tune: the validation sets' outputs are missing (see their failures)")
+    bundle = lambda out: None if out is None else score_inputs(spec.create(), model.info, out)  # noqa: E731
+    tuning = tune_score(spec.name, bundle(val[0]), bundle(val[1]), fit=bundle(fit_out), fixed=spec.params)
+    results.tuning.append({"model": model.info.label, "score": spec.label, **asdict(tuning)})
+    return ScoreSpec(spec.name, tuning.chosen)
+
+
 def _score(score: Any, model: ModelInfo, out: Outputs) -> np.ndarray:
     values = np.asarray(score.score(score_inputs(score, model, out)), dtype=np.float64)
     if values.shape != (len(out),):
@@ -540,6 +585,9 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
         "session_policy": SESSION_POLICY,
         "bench": config.bench,
         "fpr_convention": config.fpr_convention,
+        "tune": config.tune,
+        "val_id": config.val_id,
+        "val_ood": config.val_ood,
     }
 
 

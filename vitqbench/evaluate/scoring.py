@@ -19,6 +19,13 @@ class ScoreSpec:
     def label(self) -> str:
         return ":".join([self.name, *(f"{k}={v}" for k, v in sorted(self.params.items()))])
 
+    @property
+    def tunable(self) -> bool:
+        """Whether --tune has something to search: a grid parameter the spec does not fix."""
+        from vitqbench.ood import SCORES
+
+        return bool(set(SCORES[self.name].grid) - set(self.params))
+
     def create(self) -> Any:
         from vitqbench.ood import create_score
 

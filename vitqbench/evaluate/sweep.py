@@ -71,6 +71,8 @@ class SweepConfig:
     ood: dict[str, DataRef]
     id_name: str | None = None
     fit: DataRef | None = None
+    val_id: DataRef | None = None  # validation sets of tune = true
+    val_ood: DataRef | None = None
     calib: DataRef | None = None
     calib_size: int = 256
     scores: list[str] | None = None
@@ -78,6 +80,7 @@ class SweepConfig:
     seed: int = 0
     bench: bool = False
     bench_options: dict[str, Any] = field(default_factory=dict)
+    tune: bool = False
 
 
 def preset_names() -> list[str]:
@@ -112,9 +115,9 @@ def load_sweep_config(path: str | Path | None = None, preset: str | None = None)
 def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
     _only(doc, {"study", "models", "precisions", "data"}, origin)
     study = dict(doc.get("study", {}))
-    _only(study, {"name", "scores", "batch_size", "seed", "bench", "bench_options"}, f"{origin} [study]")
+    _only(study, {"name", "scores", "batch_size", "seed", "bench", "bench_options", "tune"}, f"{origin} [study]")
     data = dict(doc.get("data", {}))
-    _only(data, {"id", "id_name", "fit", "calib", "calib_size", "ood"}, f"{origin} [data]")
+    _only(data, {"id", "id_name", "fit", "val_id", "val_ood", "calib", "calib_size", "ood"}, f"{origin} [data]")
     if "id" not in data:
         raise VitqbenchError(f"{origin}: [data] needs id = DATA")
     models = [_model(m, origin) for m in doc.get("models", [])]
@@ -134,6 +137,8 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
         id_name=data.get("id_name"),
         ood={str(k): _ref(v, origin) for k, v in data.get("ood", {}).items()},
         fit=_ref(data["fit"], origin) if "fit" in data else None,
+        val_id=_ref(data["val_id"], origin) if "val_id" in data else None,
+        val_ood=_ref(data["val_ood"], origin) if "val_ood" in data else None,
         calib=_ref(data["calib"], origin) if "calib" in data else None,
         calib_size=int(data.get("calib_size", 256)),
         scores=study.get("scores"),
@@ -141,6 +146,7 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
         seed=check_seed(study.get("seed", 0), f"{origin} [study] seed"),
         bench=bool(study.get("bench", False)),
         bench_options=dict(study.get("bench_options", {})),
+        tune=bool(study.get("tune", False)),
     )
 
 
@@ -200,6 +206,7 @@ class SweepOptions:
     progress: bool = True
     fpr_convention: str = "openood"  # which FPR@95 tables lead with
     decode_cache: bool = True
+    tune: bool | None = None  # overrides the study's
 
 
 def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
@@ -210,6 +217,8 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
 
     if options.data_root is not None and not options.data_root.is_dir():
         raise VitqbenchError(f"--data-root {options.data_root} is not a folder")
+    if (config.tune if options.tune is None else options.tune) and not (config.val_id and config.val_ood):
+        raise VitqbenchError("tune needs val_id = DATA and val_ood = DATA in the sweep's [data]")
     models_dir = check_output_dir(options.out) / "models"
     _check_id_set(config, options)
     new_dirs = [d for d in (options.out, models_dir) if not d.exists()]  # removed again if nothing comes of it
@@ -283,6 +292,9 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         progress=options.progress,
         fpr_convention=options.fpr_convention,
         decode_cache=options.decode_cache,
+        tune=config.tune if options.tune is None else options.tune,
+        val_id=_resolve(config.val_id, options.data_root) if config.val_id else None,
+        val_ood=_resolve(config.val_ood, options.data_root) if config.val_ood else None,
     )
     results = run_eval(eval_config)
     results.failures[:0] = failures
@@ -314,7 +326,7 @@ def _resolve(ref: DataRef, data_root: Path | None) -> str:
 
 def _roots(config: SweepConfig, data_root: Path | None) -> dict[str, Path]:
     base = data_root or Path(".")
-    refs = {"id": config.id, "fit": config.fit, **config.ood}
+    refs = {"id": config.id, "fit": config.fit, "val-id": config.val_id, "val-ood": config.val_ood, **config.ood}
     return {name: base / ref.root for name, ref in refs.items() if ref is not None and ref.root}
 
 

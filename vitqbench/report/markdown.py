@@ -69,6 +69,7 @@ def report_blocks(results: EvalResults, plots: list[Path]) -> list[Block]:
         )
     if results.warnings:
         blocks += [Heading("Warnings"), Bullets([[w] for w in results.warnings])]
+    blocks += _tuning_blocks(results)
     blocks += _summary(results)
     blocks += _id_table(results)
     blocks += _models_table(results)
@@ -91,6 +92,35 @@ def report_blocks(results: EvalResults, plots: list[Path]) -> list[Block]:
         )
     )
     return blocks
+
+
+def _tuning_blocks(results: EvalResults) -> list[Block]:
+    """What --tune chose on the validation sets, or that the scores ran with fixed defaults."""
+    s = results.settings
+    if not s.get("tune"):
+        tunable = [spec["name"] for spec in results.scores if spec.get("tunable")]
+        if not tunable:
+            return []
+        return [
+            Para(
+                [
+                    f"Scores ran with fixed default parameters (no --tune); OpenOOD v1.5 tunes {', '.join(tunable)} "
+                    "on ID-val vs OOD-val, so their numbers can differ from its tables."
+                ]
+            )
+        ]
+    rows = [
+        [
+            t["model"],
+            t["score"],
+            ", ".join(f"{k}={v}" for k, v in t["chosen"].items()),
+            _pct(max(p["val_auroc"] for p in t["points"] if p["val_auroc"] is not None)),
+            "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in t["grid"].items()),
+        ]
+        for t in results.tuning
+    ]
+    title = f"Tuning on {s.get('val_id')} vs {s.get('val_ood')} (best validation AUROC, OpenOOD's grids)"
+    return [Heading(title), Table(["model", "score", "chosen", "val AUROC (%)", "grid"], rows, numeric={3})]
 
 
 def _fpr_note(results: EvalResults) -> str:
