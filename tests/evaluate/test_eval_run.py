@@ -405,3 +405,28 @@ def test_without_tune_the_report_says_defaults_were_fixed(first_run):
     out, _ = first_run
     report = (out / "report.md").read_text()
     assert "fixed default parameters" in report and "OpenOOD v1.5 tunes vim" in report
+
+
+def test_the_readme_recipe_reproduces_reported_numbers_from_saved_outputs(first_run, models):
+    """README's `vitqbench.ood` recipe, run on a real run's --save-outputs (a fitted and a head-reading score)."""
+    from vitqbench.metadata import read_head
+    from vitqbench.ood import ScoreInputs, create_score
+    from vitqbench.report import output_file_name
+
+    out, _ = first_run
+    doc = json.loads((out / "results.json").read_text())
+    model = doc["models"][1]  # the int8 model: its own head
+    label = model["label"]
+    fit, id_, ood = (np.load(out / "outputs" / output_file_name(label, name)) for name in ("fit", ID, "photos"))
+    head = read_head(model["path"])
+    for name, fit_inputs in (
+        ("mahalanobis", ScoreInputs(features=fit["features"], labels=fit["labels"])),
+        ("vim", ScoreInputs(features=fit["features"], head=head)),
+    ):
+        score = create_score(name).fit(fit_inputs)
+        m = ood_metrics(
+            score.score(ScoreInputs(features=id_["features"])), score.score(ScoreInputs(features=ood["features"]))
+        )
+        row = next(r for r in doc["ood_metrics"] if (r["model"], r["dataset"], r["score"]) == (label, "photos", name))
+        for key in ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"):
+            assert getattr(m, key) == pytest.approx(row[key], abs=1e-12), (name, key)
