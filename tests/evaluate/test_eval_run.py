@@ -411,13 +411,13 @@ def test_the_readme_recipe_reproduces_reported_numbers_from_saved_outputs(first_
     """README's `vitqbench.ood` recipe, run on a real run's --save-outputs (a fitted and a head-reading score)."""
     from vitqbench.metadata import read_head
     from vitqbench.ood import ScoreInputs, create_score
-    from vitqbench.report import output_file_name
+    from vitqbench.report.names import slug
 
     out, _ = first_run
     doc = json.loads((out / "results.json").read_text())
     model = doc["models"][1]  # the int8 model: its own head
     label = model["label"]
-    fit, id_, ood = (np.load(out / "outputs" / output_file_name(label, name)) for name in ("fit", ID, "photos"))
+    fit, id_, ood = (np.load(out / "outputs" / f"{slug(f'{label}__{name}')}.npz") for name in ("fit", ID, "photos"))
     head = read_head(model["path"])
     for name, fit_inputs in (
         ("mahalanobis", ScoreInputs(features=fit["features"], labels=fit["labels"])),
