@@ -37,12 +37,12 @@ def build_models(model: str, workdir: Path, calib: str) -> list[Path]:
         print(f"exporting {model} (random init) -> {fp32}")
         export_model(model, fp32, pretrained=False)
     paths = [fp32]
-    for bits in (8, 4):
+    for bits, scheme in ((8, "w8a8"), (4, "w4")):
         out = workdir / f"{model}.int{bits}.onnx"
         if not out.exists():
             print(f"quantizing to {bits} bits -> {out}")
             try:
-                quantize_model(fp32, out, bits, calib=CalibConfig(data=calib, size=32), progress=False)
+                quantize_model(fp32, out, scheme, calib=CalibConfig(data=calib, size=32), progress=False)
             except Exception as exc:  # measure what exists; say plainly what could not be built
                 print(f"  int{bits} not available: {type(exc).__name__}: {exc}")
                 continue

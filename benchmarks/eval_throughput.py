@@ -37,7 +37,7 @@ def prepare_models(work: Path, precisions: list[str], cache: Path) -> dict[str, 
         path = work / f"deit_small.{name}.onnx"
         if not path.exists():
             calib = CalibConfig("noise:gaussian:n=64", size=32, cache_dir=cache) if bits == 8 else None
-            quantize_model(fp32, path, bits, calib=calib, progress=False)
+            quantize_model(fp32, path, {8: "w8a8", 4: "w4"}[bits], calib=calib, progress=False)
         paths[name] = path
     return {p: paths[p] for p in precisions}
 

@@ -23,8 +23,7 @@ def quantize(fp32: Path, int8: Path, args: argparse.Namespace) -> None:
     meta = quantize_model(
         fp32,
         int8,
-        8,
-        int8=Int8Config(calib_method=args.calib_method),
+        Int8Config(calib_method=args.calib_method),
         calib=CalibConfig(args.calib, args.calib_size),
         progress=False,
     )

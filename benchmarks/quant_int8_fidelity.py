@@ -80,7 +80,7 @@ def main() -> None:
             continue
         out = args.out_dir / (name.replace(" ", "_") + ".onnx")
         start = time.perf_counter()
-        quantize_model(args.model, out, 8, int8=config, calib=CalibConfig(args.calib, args.calib_size), progress=False)
+        quantize_model(args.model, out, config, calib=CalibConfig(args.calib, args.calib_size), progress=False)
         seconds = time.perf_counter() - start
         logits, features = run(out, data, meta.data_config, args.threads)
         row = {

@@ -106,80 +106,158 @@ def export(
 
 
 # -------------------------------------------------------------------------------------------- quantize
+# Flag -> the scheme option(s) it sets (the first one the chosen scheme has).
+SCHEME_FLAGS: dict[str, tuple[str, ...]] = {
+    "--calib-method": ("calib_method", "act_range"),
+    "--percentile": ("percentile",),
+    "--per-channel/--per-tensor": ("per_channel",),
+    "--activation-type": ("activation_type",),
+    "--symmetric-activations": ("symmetric_activations",),
+    "--exclude": ("exclude",),
+    "--quantize-ops": ("quantize_ops",),
+    "--algo": ("algo", "weight_algo"),
+    "--block-size": ("block_size",),
+    "--asym/--sym": ("symmetric",),
+    "--format": ("format",),
+    "--accuracy-level": ("accuracy_level",),
+    "--keep-head": ("keep_head",),
+    "--patch-embed-int8": ("patch_embed_int8",),
+    "--reparam/--no-reparam": ("reparam",),
+    "--alpha": ("alpha",),
+    "--softmax": ("softmax",),
+    "--gelu-asym/--gelu-sym": ("gelu_asym",),
+    "--first-last-8bit/--no-first-last-8bit": ("first_last_8bit",),
+}
+
+
+def scheme_from_flags(scheme: str | None, bits: int | None, flags: dict[str, Any], opts: list[str]) -> Any:
+    """One scheme config from --scheme (or its --bits alias) and the flags actually given."""
+    from vitqbench.quant import BITS_ALIASES, create_scheme, scheme_names, scheme_options
+
+    if bits is not None:
+        if bits not in BITS_ALIASES:
+            raise VitqbenchError(
+                f"--bits must be 8 or 4 (got {bits}); other precisions: --scheme {'|'.join(scheme_names())}"
+            )
+        if scheme is not None and scheme != BITS_ALIASES[bits]:
+            raise VitqbenchError(
+                f"--bits {bits} is --scheme {BITS_ALIASES[bits]}; give one of them, not --scheme {scheme}"
+            )
+        scheme = BITS_ALIASES[bits]
+    if scheme is None:
+        raise VitqbenchError(f"give --scheme NAME ({'|'.join(scheme_names())}) or --bits 8|4")
+    known = scheme_options(scheme)  # also: unknown scheme -> one line naming the valid ones
+    options = parse_model_kwargs(opts)
+    foreign = []
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        field = next((f for f in SCHEME_FLAGS[flag] if f in known), None)
+        if field is None:
+            foreign.append(flag)
+        else:
+            options[field] = value
+    if foreign:
+        raise VitqbenchError(
+            f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to --scheme {scheme}"
+            f" (its options: {', '.join(known) or 'none'})"
+        )
+    return create_scheme(scheme, **options)
+
+
 @app.command()
 def quantize(
     model: Path = typer.Argument(..., help="A vitqbench ONNX file (from `vitqbench export`)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output ONNX file."),
-    bits: int = typer.Option(..., "--bits", help="8 (static W8A8 QDQ) or 4 (block-wise weight-only)."),
+    scheme: str = typer.Option(
+        None, "--scheme", help="w8a8, w8a8-dynamic, w4, w4a8, w4a4, w6a6 or fp16 (see the README's table)."
+    ),
+    bits: int = typer.Option(None, "--bits", help="Alias: 8 = --scheme w8a8, 4 = --scheme w4."),
     calib: str = typer.Option(
-        None, "--calib", help="Calibration DATA: image folder, image-list file or built-in set (8-bit, gptq)."
+        None, "--calib", help="Calibration DATA: image folder, image-list file or built-in set (static schemes, gptq)."
     ),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where a calibration image list's paths start."),
     strict: bool = typer.Option(False, "--strict", help="An unreadable calibration image fails (default: skip)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset (and of n=/noise in --calib)."),
-    calib_method: str = typer.Option("minmax", "--calib-method", help="8-bit: minmax|entropy|percentile."),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="8-bit: weight scales."),
-    activation_type: str = typer.Option("uint8", "--activation-type", help="8-bit: uint8|int8 activations."),
+    quantize_ops: str = typer.Option(
+        None, "--quantize-ops", help="matmul (linear layers, attention matmuls, patch embedding; default) or all."
+    ),
+    calib_method: str = typer.Option(
+        None,
+        "--calib-method",
+        help="Activation ranges. w8a8: minmax|entropy|percentile; w4a4/w4a8/w6a6: minmax|percentile|mse.",
+    ),
+    percentile: float = typer.Option(None, "--percentile", help="Percentile of --calib-method percentile."),
+    per_channel: bool = typer.Option(
+        None, "--per-channel/--per-tensor", help="w8a8: weight scales (default per-channel)."
+    ),
+    activation_type: str = typer.Option(None, "--activation-type", help="w8a8: uint8|int8 activations."),
     symmetric_activations: bool = typer.Option(
-        False, "--symmetric-activations", help="8-bit: symmetric activation ranges."
+        None, "--symmetric-activations", help="w8a8: symmetric activation ranges."
     ),
     exclude: list[str] = typer.Option(
         None,
         "--exclude",
-        help="8-bit: keep in float (repeatable): head, patch_embed, attention, post_gelu, an op type "
-        "(Softmax) or a node-name glob. Default: nothing (measured best).",
+        help="w8a8: keep in float (repeatable): head, patch_embed, attention, post_gelu, an op type "
+        "(Softmax) or a node-name glob. Default: nothing.",
     ),
-    algo: str = typer.Option(None, "--algo", help="4-bit: rtn|mse|gptq (default: gptq with --calib, else rtn)."),
+    algo: str = typer.Option(None, "--algo", help="Weights: rtn|mse|gptq (w4 default: gptq with --calib, else rtn)."),
     block_size: int = typer.Option(
-        None, "--block-size", help="4-bit: block size along K: 16, 32, 64, 128 or 256 (default: 128)."
+        None, "--block-size", help="w4: block size along K: 16, 32, 64, 128 or 256 (default: 128)."
     ),
-    asym: bool = typer.Option(None, "--asym/--sym", help="4-bit: asymmetric blocks (zero points)."),
-    fmt: str = typer.Option(None, "--format", help="4-bit: matmulnbits|qdq (default: matmulnbits)."),
+    asym: bool = typer.Option(None, "--asym/--sym", help="w4: asymmetric blocks (zero points)."),
+    fmt: str = typer.Option(None, "--format", help="w4: matmulnbits|qdq (default: matmulnbits)."),
     accuracy_level: int = typer.Option(
-        None, "--accuracy-level", help="4-bit: MatMulNBits level 0-4 (default: 4, int8 activations)."
+        None, "--accuracy-level", help="w4: MatMulNBits level 0-4 (default: 4, int8 activations)."
     ),
-    keep_head: bool = typer.Option(None, "--keep-head", help="4-bit: leave the classifier head in float."),
-    patch_embed_int8: bool = typer.Option(None, "--patch-embed-int8", help="4-bit: 8-bit patch embed."),
+    keep_head: bool = typer.Option(None, "--keep-head", help="w4: leave the classifier head in float."),
+    patch_embed_int8: bool = typer.Option(None, "--patch-embed-int8", help="w4: 8-bit patch embed."),
+    reparam: bool = typer.Option(
+        None, "--reparam/--no-reparam", help="w4a4/w4a8/w6a6: post-LayerNorm channel reparameterization."
+    ),
+    alpha: float = typer.Option(None, "--alpha", help="Reparameterization migration strength in [0, 1]."),
+    softmax: str = typer.Option(None, "--softmax", help="Attention probabilities: uint8|act|log2."),
+    gelu_asym: bool = typer.Option(None, "--gelu-asym/--gelu-sym", help="Post-GELU ranges asymmetric or symmetric."),
+    first_last_8bit: bool = typer.Option(
+        None, "--first-last-8bit/--no-first-last-8bit", help="Patch embedding and head at 8 bits."
+    ),
+    opt: list[str] = typer.Option([], "--opt", help="Any scheme option as key=value (repeatable)."),
 ) -> None:
-    """Quantize an exported model to 8-bit static QDQ or 4-bit block-wise weights."""
-    from vitqbench.quant import DEFAULT_EXCLUDE, CalibConfig, Int8Config, quantize_model
+    """Quantize an exported model with a registered scheme (w8a8, w8a8-dynamic, w4, w4a8, w4a4, w6a6, fp16)."""
+    from vitqbench.quant import CalibConfig, quantize_model
 
-    four_bit = {  # flag -> (Int4Config field, value); None means "not given, use the default"
-        "--algo": ("algo", algo),
-        "--block-size": ("block_size", block_size),
-        "--asym/--sym": ("symmetric", None if asym is None else not asym),
-        "--format": ("format", fmt),
-        "--accuracy-level": ("accuracy_level", accuracy_level),
-        "--keep-head": ("keep_head", keep_head),
-        "--patch-embed-int8": ("patch_embed_int8", patch_embed_int8),
+    flags = {
+        "--calib-method": calib_method,
+        "--percentile": percentile,
+        "--per-channel/--per-tensor": per_channel,
+        "--activation-type": activation_type,
+        "--symmetric-activations": symmetric_activations,
+        "--exclude": tuple(exclude) if exclude else None,
+        "--quantize-ops": quantize_ops,
+        "--algo": algo,
+        "--block-size": block_size,
+        "--asym/--sym": None if asym is None else not asym,
+        "--format": fmt,
+        "--accuracy-level": accuracy_level,
+        "--keep-head": keep_head,
+        "--patch-embed-int8": patch_embed_int8,
+        "--reparam/--no-reparam": reparam,
+        "--alpha": alpha,
+        "--softmax": softmax,
+        "--gelu-asym/--gelu-sym": gelu_asym,
+        "--first-last-8bit/--no-first-last-8bit": first_last_8bit,
     }
-    four_bit = {flag: given for flag, given in four_bit.items() if given[1] is not None}
-    if bits == 8 and four_bit:
-        raise VitqbenchError(f"{', '.join(four_bit)}: 4-bit options, not for --bits 8")
-    if bits == 4 and exclude:
-        raise VitqbenchError("--exclude applies to --bits 8 only (4-bit: --keep-head)")
-    int8 = Int8Config(
-        calib_method=calib_method,
-        per_channel=per_channel,
-        activation_type=activation_type,
-        symmetric_activations=symmetric_activations,
-        exclude=tuple(exclude) if exclude else DEFAULT_EXCLUDE,
-    )
-    int4 = None
-    if bits == 4:
-        from vitqbench.quant.int4 import Int4Config
-
-        int4 = Int4Config(**dict(four_bit.values()))
+    config = scheme_from_flags(scheme, bits, flags, opt)
     calib_config = (
         CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root, strict=strict) if calib else None
     )
     start = time.perf_counter()
-    meta = quantize_model(model, out, bits, int8=int8, int4=int4, calib=calib_config)
+    meta = quantize_model(model, out, config, calib=calib_config)
     record = meta.quantization or {}
     console.print(
         f"wrote {out}: {meta.display_name} {meta.precision} ({record.get('algorithm')}, "
-        f"{time.perf_counter() - start:.1f} s); float nodes: {len(record.get('float_nodes', []))}"
+        f"execution: {record.get('execution')}, {time.perf_counter() - start:.1f} s)"
     )
     skipped = (record.get("calibration") or {}).get("skipped") or []
     if skipped:

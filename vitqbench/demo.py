@@ -1,4 +1,4 @@
-"""The whole study offline on real small data: train, export, quantize to 8 and 4 bits, eval, bench.
+"""The whole study offline on real small data: train, export, quantize (w8a8, w4, w4a4), eval, bench.
 
 ID data is real and ships with a dependency (scikit-learn's handwritten digits, or Debian's
 Fashion-MNIST). The model is trained on six classes; the four held-out classes are the near-OOD set,
@@ -21,10 +21,12 @@ from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate import EvalConfig, EvalResults, finish_run
 from vitqbench.export import export_model
 from vitqbench.files import check_output_dir, default_cache_dir
-from vitqbench.quant import quantize_model
+from vitqbench.quant import create_scheme, quantize_model, scheme_options
 from vitqbench.quant.calibration import CalibConfig
-from vitqbench.quant.int4 import Int4Config
 from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model
+
+# Static 8-bit, 4-bit weight-only (GPTQ) and the paper's 4-bit regime (weights and activations).
+DEMO_SCHEMES = ("w8a8", "w4", "w4a4")
 
 
 @dataclass
@@ -135,17 +137,19 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
     check = export_model(str(checkpoint), fp32, seed=config.seed).verification
     console.print(f"{fp32}: max |delta logits| vs PyTorch {check.max_abs_logits:.1e}")
 
-    console.rule("[3/4] quantize: int8 static QDQ, int4 block-wise gptq (our pass), both calibrated")
+    console.rule(f"[3/4] quantize: {', '.join(DEMO_SCHEMES)} (calibrated)")
     calib = CalibConfig(data=data.train, size=config.calib_size, seed=config.seed, cache_dir=config.cache_dir)
-    for bits in (8, 4):
-        path = models / f"int{bits}.onnx"
-        int4 = Int4Config(threads=config.threads) if bits == 4 else None
-        record = quantize_model(fp32, path, bits, int4=int4, calib=calib).quantization or {}
-        console.print(f"{path}: {record.get('algorithm', '?')}, {path.stat().st_size / 1e6:.2f} MB")
+    for scheme in DEMO_SCHEMES:
+        path = models / f"{scheme}.onnx"
+        options = {"threads": config.threads} if "threads" in scheme_options(scheme) else {}
+        record = quantize_model(fp32, path, create_scheme(scheme, **options), calib=calib).quantization or {}
+        console.print(
+            f"{path}: {record.get('algorithm', '?')}, {record.get('execution')}, {path.stat().st_size / 2**20:.2f} MiB"
+        )
 
     console.rule("[4/4] eval: ID accuracy, OOD detection, latency")
     eval_config = EvalConfig(
-        models=[fp32, models / "int8.onnx", models / "int4.onnx"],
+        models=[fp32, *(models / f"{scheme}.onnx" for scheme in DEMO_SCHEMES)],
         id=data.id,
         id_name=data.id,
         ood=data.ood,

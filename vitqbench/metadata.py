@@ -137,10 +137,17 @@ class ModelMetadata:
 
     @property
     def precision(self) -> str:
-        """A short label: ``fp32``, ``int8`` or ``int4``."""
+        """A short label: ``fp32`` or the quantization scheme (``w8a8``, ``w4a4``, ...)."""
         if not self.quantization:
             return "fp32"
-        return f"int{self.quantization['bits']}"
+        return self.quantization.get("scheme") or f"int{self.quantization['bits']}"
+
+    @property
+    def execution(self) -> str:
+        """How ONNX Runtime runs the model: ``float``, ``integer-kernels``, ``emulated`` or ``float16``."""
+        if not self.quantization:
+            return "float"
+        return self.quantization.get("execution", "integer-kernels")
 
     @property
     def display_name(self) -> str:

@@ -65,14 +65,14 @@ def test_demo_reduced_end_to_end(tmp_path):
     )
     results = run_demo(config)
     report = (config.out / "report.md").read_text()
-    for precision in ("fp32", "int8", "int4"):
+    for precision in ("fp32", "w8a8", "w4", "w4a4"):
         assert precision in report
     assert (config.out / "results.csv").stat().st_size > 0
     assert any((config.out / "plots").glob("*.png"))
     document = json.loads((config.out / "results.json").read_text())
-    assert len(document["models"]) == 3
-    assert sorted(m.precision for m in results.models) == ["fp32", "int4", "int8"]
-    assert len(results.id_metrics) == 3
+    assert len(document["models"]) == 4
+    assert sorted(m.precision for m in results.models) == ["fp32", "w4", "w4a4", "w8a8"]
+    assert len(results.id_metrics) == 4
     assert all(0.0 <= m.top1 <= 1.0 and 0.0 <= m.top5 <= 1.0 for m in results.id_metrics)
     assert all(0.0 <= m.auroc <= 1.0 and 0.0 <= m.fpr95_id_positive <= 1.0 for m in results.ood_metrics)
     assert not results.failures

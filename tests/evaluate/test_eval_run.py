@@ -27,8 +27,8 @@ def models(tiny_onnx, tmp_path_factory) -> list[Path]:
     fp32 = folder / "tiny.fp32.onnx"
     fp32.write_bytes(tiny_onnx.read_bytes())
     int8, int4 = folder / "tiny.int8.onnx", folder / "tiny.int4.onnx"
-    quantize_model(fp32, int8, 8, calib=CalibConfig("digits:train", size=32), progress=False)
-    quantize_model(fp32, int4, 4, progress=False)
+    quantize_model(fp32, int8, "w8a8", calib=CalibConfig("digits:train", size=32), progress=False)
+    quantize_model(fp32, int4, "w4", progress=False)
     return [fp32, int8, int4]
 
 

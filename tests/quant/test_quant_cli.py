@@ -77,8 +77,8 @@ def test_cli_quantize_8bit(run_cli, tiny_onnx, image_folder, tmp_path):
         (["--bits", "8", "--calib", "{folder}", "--calib-size", "4", "--exclude", "nothing*"], "matches no group"),
         (["--bits", "8", "--calib", "{folder}", "--calib-method", "kl"], "unknown calibration method"),
         (["--bits", "8", "--calib", "{folder}", "--activation-type", "int4"], "unknown activation type"),
-        (["--bits", "8", "--calib", "{folder}", "--algo", "rtn"], "--algo: 4-bit options"),
-        (["--bits", "4", "--exclude", "head"], "--exclude applies to --bits 8 only"),
+        (["--bits", "8", "--calib", "{folder}", "--algo", "rtn"], "--algo does not apply to --scheme w8a8"),
+        (["--bits", "4", "--exclude", "head"], "--exclude does not apply to --scheme w4"),
     ],
 )
 def test_cli_quantize_bad_input(run_cli, tiny_onnx, image_folder, tmp_path, args, message):
@@ -112,7 +112,7 @@ def test_cli_quantize_4bit_goes_through_the_shared_record(run_cli, tiny_onnx, im
     assert result.code == 0, result.stderr
     meta = read_metadata(out)
     record = meta.quantization
-    assert meta.precision == "int4" and record["bits"] == 4
+    assert meta.precision == "w4" and record["bits"] == 4
     assert record["parent"]["sha256"] == sha256_file(tiny_onnx)
     assert record["calibration"] is None and record["seed"] is None  # rtn reads no data
     assert meta.outputs == read_metadata(tiny_onnx).outputs

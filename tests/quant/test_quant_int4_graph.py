@@ -57,7 +57,7 @@ def test_matmulnbits_replaces_every_constant_weight_layer(fp32):
     assert ops(q).count("MatMulNBits") == N_LAYERS
     assert find_layers(q.graph) == []  # no float MatMul/Gemm with a constant weight left
     assert "Conv" in ops(q) and record["patch_embed"] == "float"
-    assert record["bits"] == 4 and len(record["quantized_nodes"]) == N_LAYERS
+    assert record["algorithm"] == "rtn" and len(record["quantized_nodes"]) == N_LAYERS
     node = next(n for n in q.graph.node if n.op_type == "MatMulNBits")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["K"] == 64

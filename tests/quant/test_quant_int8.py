@@ -32,7 +32,7 @@ def calib_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_model(tiny_onnx, calib_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "tiny.int8.onnx"
-    quantize_model(tiny_onnx, out, 8, calib=CalibConfig(str(calib_folder), size=12, seed=3), progress=False)
+    quantize_model(tiny_onnx, out, "w8a8", calib=CalibConfig(str(calib_folder), size=12, seed=3), progress=False)
     return out
 
 
@@ -83,7 +83,7 @@ def test_int8_metadata_record(int8_model, tiny_onnx, calib_folder):
     meta = read_metadata(int8_model)
     parent = read_metadata(tiny_onnx)
     record = meta.quantization
-    assert meta.precision == "int8" and record["bits"] == 8
+    assert meta.precision == "w8a8" and record["bits"] == 8
     assert record["algorithm"] == "ort_static_qdq" and record["calib_method"] == "minmax"
     assert record["per_channel"] is True and record["activation_type"] == "uint8"
     assert record["calibration"]["size"] == 12 and record["calibration"]["available"] == CALIB_IMAGES
@@ -135,7 +135,7 @@ def test_int8_head_is_the_dequantized_head(int8_model, tiny_onnx, calib_folder):
 def test_exclude_head_keeps_float_head(tiny_onnx, calib_folder, tmp_path):
     out = tmp_path / "nohead.onnx"
     config = Int8Config(exclude=("head", "Softmax"))
-    quantize_model(tiny_onnx, out, 8, int8=config, calib=CalibConfig(str(calib_folder), size=8), progress=False)
+    quantize_model(tiny_onnx, out, config, calib=CalibConfig(str(calib_folder), size=8), progress=False)
     model = load_onnx(out)
     meta, parent = get_metadata(model), read_metadata(tiny_onnx)
     assert meta.head == parent.head
@@ -188,7 +188,7 @@ def test_batch_reader_serves_one_batch_per_window(tiny_onnx, calib_folder):
 def test_percentile_calibration_runs(tiny_onnx, calib_folder, tmp_path):
     out = tmp_path / "pct.onnx"
     config = Int8Config(calib_method="percentile", activation_type="int8", symmetric_activations=True)
-    meta = quantize_model(tiny_onnx, out, 8, int8=config, calib=CalibConfig(str(calib_folder), size=8), progress=False)
+    meta = quantize_model(tiny_onnx, out, config, calib=CalibConfig(str(calib_folder), size=8), progress=False)
     assert meta.quantization["calib_method"] == "percentile" and meta.quantization["percentile"] == 99.999
     zero_points = [numpy_helper.to_array(i) for i in load_onnx(out).graph.initializer if i.name.endswith("_zero_point")]
     # Symmetric int8 activations and weights: every zero point is 0 (int32 ones belong to biases).
@@ -230,7 +230,7 @@ def test_matmul_add_head_is_read_back(tmp_path, calib_folder):
     set_metadata(model, meta)
     fp32, int8 = tmp_path / "synthetic.onnx", tmp_path / "synthetic.int8.onnx"
     onnx.save(model, str(fp32))
-    quantize_model(fp32, int8, 8, calib=CalibConfig(str(calib_folder), size=8), progress=False)
+    quantize_model(fp32, int8, "w8a8", calib=CalibConfig(str(calib_folder), size=8), progress=False)
     weight, bias = read_head(int8)
     assert read_metadata(int8).head.weight == HEAD_WEIGHT and weight.shape == (5, 16)
     step = np.abs(head_w.T).max(axis=1, keepdims=True) / 127
@@ -244,7 +244,7 @@ def test_matmul_add_head_is_read_back(tmp_path, calib_folder):
     # MatMul and the Add into one Gemm; unfused, both nodes are excluded).
     kept = tmp_path / "synthetic.kept.onnx"
     calib = CalibConfig(str(calib_folder), size=8)
-    quantize_model(fp32, kept, 8, int8=Int8Config(exclude=("head",)), calib=calib, progress=False)
+    quantize_model(fp32, kept, Int8Config(exclude=("head",)), calib=calib, progress=False)
     assert read_metadata(kept).quantization["float_nodes"]
     weight, bias = read_head(kept)
     np.testing.assert_array_equal(weight, head_w.T)

@@ -57,9 +57,9 @@ class SweepModel:
 
 @dataclass
 class SweepPrecision:
-    name: str  # fp32, int8, int4, or any label (int4-g128)
-    bits: int | None = None  # None: the exported model itself
-    options: dict[str, Any] = field(default_factory=dict)  # Int8Config / Int4Config fields
+    name: str  # fp32, a scheme name (w8a8, w4a4, ...), or any label (w4-g128)
+    scheme: str | None = None  # None: the exported model itself
+    options: dict[str, Any] = field(default_factory=dict)  # the scheme config's fields
 
 
 @dataclass
@@ -127,7 +127,7 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
     for what, names in (("model", [m.slug for m in models]), ("precision", [p.name for p in precisions])):
         if len(set(names)) != len(names):
             raise VitqbenchError(f"{origin}: a {what} is listed twice")
-    if all(p.bits is not None for p in precisions):  # every family's baseline, so deltas are vs fp32
+    if all(p.scheme is not None for p in precisions):  # every family's baseline, so deltas are vs fp32
         precisions.insert(0, SweepPrecision(FP32))
     return SweepConfig(
         name=str(study.get("name", "sweep")),
@@ -178,18 +178,30 @@ def _model(table: dict[str, Any], origin: str) -> SweepModel:
 
 
 def _precision(table: dict[str, Any], origin: str) -> SweepPrecision:
+    from vitqbench.quant import BITS_ALIASES, create_scheme, scheme_names
+
     table = dict(table)
     name = str(table.pop("name", ""))
     bits = table.pop("bits", None)
+    scheme = table.pop("scheme", None)
     if not name:
         raise VitqbenchError(f"{origin}: every [[precisions]] needs a name")
-    if bits is None and name != FP32:
-        bits = {"int8": 8, "int4": 4}.get(name)
-        if bits is None:
-            raise VitqbenchError(f"{origin}: precision {name!r} needs bits = 8 or 4")
-    if bits is not None and bits not in (8, 4):
-        raise VitqbenchError(f"{origin}: precision {name!r}: bits must be 8 or 4 (got {bits})")
-    return SweepPrecision(name, bits, table)
+    if bits is not None:
+        if bits not in BITS_ALIASES:
+            raise VitqbenchError(f"{origin}: precision {name!r}: bits must be 8 or 4 (got {bits})")
+        scheme = scheme or BITS_ALIASES[bits]
+    if scheme is None and name != FP32:
+        scheme = {"int8": "w8a8", "int4": "w4"}.get(name, name)
+        if scheme not in scheme_names():
+            raise VitqbenchError(
+                f"{origin}: precision {name!r} needs scheme = {' | '.join(scheme_names())} (or bits = 8 or 4)"
+            )
+    if scheme is not None:
+        try:
+            create_scheme(scheme, **_tuple_lists(table))  # unknown scheme or option: one line, before anything runs
+        except VitqbenchError as exc:
+            raise VitqbenchError(f"{origin}: precision {name!r}: {exc}") from None
+    return SweepPrecision(name, scheme, table)
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -245,8 +257,8 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         family = []
         for precision in config.precisions:
             label = f"{model.slug}.{safe_name(precision.name)}"
-            path = fp32 if precision.bits is None else models_dir / f"{label}.onnx"
-            if precision.bits is not None:
+            path = fp32 if precision.scheme is None else models_dir / f"{label}.onnx"
+            if precision.scheme is not None:
                 try:
                     _ensure_quantized(
                         fp32, path, precision, calib, calib_root, calib_key, config, cache_root, options.progress
@@ -395,29 +407,18 @@ def _ensure_quantized(
     cache_root: Path,
     progress: bool,
 ) -> None:
-    from vitqbench.quant import CalibConfig, Int8Config, quantize_model
+    from vitqbench.quant import CalibConfig, create_scheme, quantize_model
 
+    scheme = create_scheme(precision.scheme, **_tuple_lists(precision.options)).resolved(calib is not None)
+    scheme.check()
     calib_config = (
         CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root, data_root=calib_root)
-        if calib
+        if calib and scheme.needs_calibration
         else None
     )
-    from vitqbench.quant.int4 import Int4Config
-
-    try:
-        if precision.bits == 8:
-            int8, int4 = Int8Config(**_tuple_lists(precision.options)), None
-        else:
-            int8, int4 = None, Int4Config(**precision.options).resolved(calib_config is not None)
-    except TypeError as exc:  # an option name the quantizer does not know
-        raise VitqbenchError(f"precision {precision.name!r}: {exc}") from exc
-    if int4 is not None:
-        int4.check()
-        if int4.algo != "gptq":
-            calib_config = None
     parent_sha = sha256_file(fp32)
     recipe = {
-        "bits": precision.bits,
+        "scheme": precision.scheme,
         "options": precision.options,
         "calib": calib if calib_config else None,
         "calib_root": str(calib_root.resolve()) if calib_config and calib_root else None,
@@ -430,7 +431,7 @@ def _ensure_quantized(
     sidecar = path.with_name(path.name + ".recipe.json")
     if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
         return
-    quantize_model(fp32, path, precision.bits, int8=int8, int4=int4, calib=calib_config, progress=progress)
+    quantize_model(fp32, path, scheme, calib=calib_config, progress=progress)
     write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))
 
 
@@ -445,7 +446,7 @@ def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent
     q = meta.quantization or {}
     parent = (q.get("parent") or {}).get("sha256")
     return (
-        q.get("bits") == recipe["bits"]
+        q.get("scheme") == recipe["scheme"]
         and parent == parent_sha
         and {k: saved.get(k) for k in recipe} == _plain(recipe)
         and saved.get("sha256") == sha256_file(path)

@@ -1,15 +1,13 @@
-"""Quantization: one entry point for the 8-bit (ORT static QDQ) and 4-bit (our block-wise) paths.
+"""Quantization: one entry point for every scheme (see ``schemes.py`` for the registry).
 
-``quantize_model`` owns what both share: reading and checking the input's metadata, building the
-calibration set from the model's own preprocessing, writing the quantization record and saving
-atomically. The paths themselves live in ``int8.py`` and ``int4.py``.
+``quantize_model`` owns what every scheme shares: reading and checking the input's metadata,
+building the calibration set from the model's own preprocessing when the scheme needs one, writing
+the quantization record and saving atomically. The schemes themselves live in their own modules.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import onnx
 
@@ -17,11 +15,32 @@ from vitqbench.errors import VitqbenchError
 from vitqbench.files import atomic_path, check_output_file, sha256_file
 from vitqbench.metadata import ModelMetadata, get_metadata, load_onnx, set_metadata
 from vitqbench.quant.calibration import CalibConfig, calibration_set
-from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config, quantize_int8
+from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config  # noqa: E402
+from vitqbench.quant.schemes import (  # first: it imports every scheme module, which import it back
+    BITS_ALIASES,
+    SCHEMES,
+    QuantRecord,
+    SchemeConfig,
+    create_scheme,
+    register_scheme,
+    scheme_names,
+    scheme_options,
+)
 
-__all__ = ["BITS", "DEFAULT_EXCLUDE", "CalibConfig", "Int8Config", "quantize_model"]
-
-BITS = (8, 4)
+__all__ = [
+    "BITS_ALIASES",
+    "DEFAULT_EXCLUDE",
+    "SCHEMES",
+    "CalibConfig",
+    "Int8Config",
+    "QuantRecord",
+    "SchemeConfig",
+    "create_scheme",
+    "quantize_model",
+    "register_scheme",
+    "scheme_names",
+    "scheme_options",
+]
 
 
 def _check_outputs(model: onnx.ModelProto, meta: ModelMetadata) -> None:
@@ -34,53 +53,35 @@ def _check_outputs(model: onnx.ModelProto, meta: ModelMetadata) -> None:
 def quantize_model(
     in_path: str | Path,
     out_path: str | Path,
-    bits: int,
-    *,
-    int8: Int8Config | None = None,
-    int4: Any | None = None,
+    scheme: SchemeConfig | str,
     calib: CalibConfig | None = None,
+    *,
     progress: bool = True,
 ) -> ModelMetadata:
-    """Quantize the vitqbench ONNX file ``in_path`` to ``bits`` and write ``out_path``; return its metadata.
+    """Quantize the vitqbench ONNX file ``in_path`` with ``scheme`` and write ``out_path``; return its metadata.
 
-    8-bit needs ``calib``; 4-bit uses it only for algorithms that need data (gptq). ``int4`` is an
-    ``vitqbench.quant.int4.Int4Config`` (its defaults when None).
+    ``scheme`` is a registered scheme config (or its name, for its defaults). ``calib`` is read
+    only when the scheme needs calibration images; a scheme that needs them fails without.
     """
     in_path, out_path = Path(in_path), check_output_file(out_path)
-    if bits not in BITS:
-        raise VitqbenchError(f"--bits must be 8 or 4 (got {bits})")
+    config = create_scheme(scheme) if isinstance(scheme, str) else scheme
+    config = config.resolved(calib is not None)
+    config.check()
     if out_path.resolve() == in_path.resolve():
         raise VitqbenchError("the output would overwrite the input; choose another -o path")
+    if config.needs_calibration and calib is None:
+        raise VitqbenchError(f"scheme {config.name} needs calibration images: pass --calib DATA")
     model = load_onnx(in_path)
     meta = get_metadata(model, origin=str(in_path))
     if meta.quantization:
         raise VitqbenchError(
             f"{in_path} is already quantized ({meta.precision}); quantize its full-precision parent instead"
         )
-    if bits == 4:
-        from vitqbench.quant.int4 import Int4Config
-
-        int4 = dataclasses.replace(int4 or Int4Config(), progress=progress).resolved(calib is not None)
-    # Only 8-bit and gptq read images; a --calib given to the other 4-bit algorithms is not used.
-    used_calib = bits == 8 or int4.algo == "gptq"
-    if used_calib and calib is None:
-        what = "8-bit quantization" if bits == 8 else "--algo gptq"
-        raise VitqbenchError(f"{what} needs calibration images: pass --calib DATA")
-    # The int8 path draws its own bar over calibration; gptq iterates with the data part's bar.
-    calib_set = calibration_set(calib, meta.data_config, progress=progress and bits == 4) if used_calib else None
-
-    if bits == 8:
-        quantized, record = quantize_int8(model, meta, int8 or Int8Config(), calib_set, progress=progress)
-    else:
-        from vitqbench.quant.int4 import quantize_int4
-
-        quantized, record = quantize_int4(model, int4, calib_set)
-        # The int4 pass writes its effective head into the model's own metadata (attach_head).
-        meta = _metadata_or(quantized, meta)
-
+    calib_set = calibration_set(calib, meta.data_config, progress=progress) if config.needs_calibration else None
+    # A scheme that replaces the head points ``meta.head`` at the head it computes with (attach_head).
+    quantized, record = config.quantize(model, meta, calib_set, progress=progress)
     meta.quantization = {
-        **dict(record),
-        "bits": bits,
+        **record.as_dict(),
         "calibration": calib_set.record() if calib_set is not None else None,
         "seed": calib.seed if calib_set is not None else None,
         "parent": {"file": in_path.name, "sha256": sha256_file(in_path), "display_name": meta.display_name},
@@ -92,10 +93,3 @@ def quantize_model(
     with atomic_path(out_path, suffix=".onnx") as tmp:
         onnx.save(quantized, str(tmp))
     return meta
-
-
-def _metadata_or(model: onnx.ModelProto, fallback: ModelMetadata) -> ModelMetadata:
-    try:
-        return get_metadata(model)
-    except VitqbenchError:
-        return fallback

@@ -6,12 +6,14 @@ eval feeds them, and are never held in memory all at once whatever ``--calib-siz
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 
 from vitqbench.errors import VitqbenchError, check_seed
@@ -153,3 +155,31 @@ class BatchReader(CalibrationDataReader):
         if self._on_batch is not None:
             self._on_batch(len(batch))
         return {self._input_name: batch}
+
+
+CHUNK = 8  # images per ORT run while probing activations: every probed tensor of a chunk is alive at once
+
+
+def iter_activations(
+    model: onnx.ModelProto, names: Iterable[str], calib: Iterable[np.ndarray], threads: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run the float ``model`` over ``calib`` (streamed) and yield the named tensors, one chunk at a time."""
+    from vitqbench.runtime import session_options
+
+    names = list(dict.fromkeys(names))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(
+        probe.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    del probe
+    input_name = session.get_inputs()[0].name
+    for batch in calib:
+        batch = np.ascontiguousarray(getattr(batch, "images", batch), dtype=np.float32)
+        for start in range(0, batch.shape[0], CHUNK):
+            outputs = session.run(names, {input_name: batch[start : start + CHUNK]})
+            yield dict(zip(names, outputs, strict=True))

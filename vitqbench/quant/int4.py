@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from vitqbench.errors import VitqbenchError
 from vitqbench.metadata import ModelMetadata, attach_head, get_metadata, read_head, set_metadata
 from vitqbench.progress import progress_bar
+from vitqbench.quant.execution import execution_summary
 from vitqbench.quant.int4_blockwise import BlockQuant, check_block_size, quantize_weight
 from vitqbench.quant.int4_gptq import collect_hessians, gptq_quantize
 from vitqbench.quant.int4_graph import (
@@ -33,6 +34,7 @@ from vitqbench.quant.int4_graph import (
     replace_node,
     set_opsets,
 )
+from vitqbench.quant.schemes import QuantRecord, SchemeConfig, register_scheme
 
 __all__ = ["Int4Config", "find_layers", "quantize_int4"]
 
@@ -41,13 +43,16 @@ FORMATS = ("matmulnbits", "qdq")
 QUANTIZED_OPS = {"MatMulNBits", "DequantizeLinear", "QuantizeLinear", "QLinearMatMul", "QLinearConv"}
 
 
+@register_scheme
 @dataclass
-class Int4Config:
-    """Options of the 4-bit pass. Defaults come from benchmarks/quant_int4.py (see the README): on a
-    ViT trained on Fashion-MNIST, gptq with act-order had 3-4x lower logit error than round to nearest
-    at every block size and the mse clipping search did not lower output error; on deit_small, block
-    128 at accuracy level 4 was the fastest setting (at parity with fp32 layer by layer, 1.05-1.08x
-    on the whole model; `benchmarks/quant_int4.py kernels`) and the smallest file."""
+class Int4Config(SchemeConfig):
+    """Scheme ``w4``: our block-wise 4-bit weight-only pass.
+
+    Defaults come from benchmarks/quant_int4.py (see the README): on a ViT trained on Fashion-MNIST,
+    gptq with act-order had 3-4x lower logit error than round to nearest at every block size and the
+    mse clipping search did not lower output error; on deit_small, block 128 at accuracy level 4 was
+    the fastest setting (at parity with fp32 layer by layer, 1.05-1.08x on the whole model;
+    `benchmarks/quant_int4.py kernels`) and the smallest file."""
 
     block_size: int = 128
     algo: str | None = None  # None: gptq when calibration images are given, else rtn (data-free)
@@ -61,6 +66,30 @@ class Int4Config:
     gptq_clip_search: bool = False  # gptq: choose block scales with the mse clipping search
     threads: int | None = None  # ORT threads for the gptq calibration pass
     progress: bool = True
+
+    name: ClassVar[str] = "w4"
+    summary: ClassVar[str] = "int4 block-wise weights (rtn/mse/gptq), float activations (MatMulNBits)"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.algo == "gptq"
+
+    def quantize(
+        self, model: onnx.ModelProto, meta: ModelMetadata, calib: Any, progress: bool = True
+    ) -> tuple[onnx.ModelProto, QuantRecord]:
+        quantized, details = quantize_int4(model, dataclasses.replace(self, progress=progress), calib)
+        meta.head = get_metadata(quantized).head  # quantize_int4 wrote its effective head there
+        details.update(execution_summary(quantized))
+        record = QuantRecord(
+            scheme=self.name,
+            weight_bits=4,
+            activation_bits=None,
+            quantized_inputs="weights",
+            execution=details.pop("execution"),
+            algorithm=details.pop("algorithm"),
+            details=details,
+        )
+        return quantized, record
 
     def resolved(self, has_calib: bool) -> Int4Config:
         """This config with ``algo`` chosen: gptq (the measured best) needs data, rtn does not."""
@@ -103,9 +132,9 @@ def quantize_int4(
 
     hessians: dict[str, np.ndarray] = {}
     calib_images = 0
+    if config.needs_calibration and calib is None:
+        raise VitqbenchError("4-bit gptq needs calibration images: pass --calib DATA, or --algo rtn|mse")
     if config.algo == "gptq":
-        if calib is None:
-            raise VitqbenchError("4-bit gptq needs calibration images: pass --calib DATA, or --algo rtn|mse")
         hessians, calib_images = collect_hessians(model, [t.node.input[0] for t in targets], calib, config.threads)
 
     names = NameMaker(graph)
@@ -138,7 +167,6 @@ def quantize_int4(
 
     quantized = {t.name for t in targets}
     record: dict[str, Any] = {
-        "bits": 4,
         "algorithm": config.algo,
         "block_size": config.block_size,
         "symmetric": config.symmetric,

@@ -36,6 +36,7 @@ class BlockQuant:
     k: int
     block_size: int
     symmetric: bool
+    bits: int = 4
 
     @property
     def n(self) -> int:
@@ -52,8 +53,9 @@ class BlockQuant:
         return ((self.codes.astype(np.float32) - zps) * scales)[: self.k]
 
 
-def check_block_size(block_size: int) -> None:
-    if block_size not in BLOCK_SIZES:
+def check_block_size(block_size: int, k: int | None = None) -> None:
+    """A supported block size; ``k`` (one block per column: per-channel scales) is always allowed."""
+    if block_size not in BLOCK_SIZES and block_size != k:
         raise VitqbenchError(
             f"block size {block_size} is not supported; choose one of {', '.join(map(str, BLOCK_SIZES))}"
         )
@@ -68,48 +70,56 @@ def to_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
     return padded.reshape(n_blocks, block_size, n)
 
 
-def range_params(lo: np.ndarray, hi: np.ndarray, symmetric: bool, ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and zero point (float32, uint8) from per-block minima and maxima, shrunk by ``ratio``."""
+def range_params(
+    lo: np.ndarray, hi: np.ndarray, symmetric: bool, ratio: float = 1.0, bits: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point (float32, uint8) from per-block minima and maxima, shrunk by ``ratio``.
+
+    ``bits`` other than 4 follow the same conventions with 2**bits levels (codes 0..2**bits - 1).
+    """
+    qmax, mid = 2**bits - 1, 2 ** (bits - 1)
     lo = np.minimum(lo, 0.0).astype(np.float32) * np.float32(ratio)
     hi = np.maximum(hi, 0.0).astype(np.float32) * np.float32(ratio)
     if symmetric:
         extreme = np.where(np.abs(hi) > np.abs(lo), hi, lo)
-        scale = (extreme / np.float32(-MID)).astype(np.float32)
-        return scale, np.full(scale.shape, MID, dtype=np.uint8)
-    scale = ((hi - lo) / np.float32(QMAX)).astype(np.float32)
+        scale = (extreme / np.float32(-mid)).astype(np.float32)
+        return scale, np.full(scale.shape, mid, dtype=np.uint8)
+    scale = ((hi - lo) / np.float32(qmax)).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         zp_float = np.where(scale != 0, -lo / scale, 0.0)
-    zero_point = np.clip(np.floor(zp_float + 0.5), 0, QMAX).astype(np.uint8)
+    zero_point = np.clip(np.floor(zp_float + 0.5), 0, qmax).astype(np.uint8)
     return scale, zero_point
 
 
-def encode(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
-    """Codes 0..15 of ``values`` for the given scale/zero point (broadcast), rounding like MLAS."""
+def encode(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, bits: int = 4) -> np.ndarray:
+    """Codes 0..2**bits - 1 of ``values`` for the given scale/zero point (broadcast), rounding like MLAS."""
     with np.errstate(divide="ignore"):
         recip = np.where(scale != 0, np.float32(1.0) / scale, np.float32(0.0)).astype(np.float32)
     x = values * recip + zero_point.astype(np.float32)
     # roundf: halves away from zero (x >= 0 after clipping is what matters here).
-    return np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), 0, QMAX).astype(np.uint8)
+    return np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), 0, 2**bits - 1).astype(np.uint8)
 
 
 def decode(codes: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
     return (codes.astype(np.float32) - zero_point.astype(np.float32)) * scale
 
 
-def block_params(blocks: np.ndarray, symmetric: bool, clip_search: bool) -> tuple[np.ndarray, np.ndarray]:
+def block_params(
+    blocks: np.ndarray, symmetric: bool, clip_search: bool, bits: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-(block, column) scale and zero point of ``blocks`` [nb, bs, N] (or [bs, N]).
 
     With ``clip_search`` the range is shrunk by the ratio in ``CLIP_GRID`` that minimizes each
     block's squared reconstruction error; otherwise plain min/max (round to nearest).
     """
     lo, hi = blocks.min(axis=-2), blocks.max(axis=-2)
-    best_scale, best_zp = range_params(lo, hi, symmetric)
+    best_scale, best_zp = range_params(lo, hi, symmetric, bits=bits)
     if not clip_search:
         return best_scale, best_zp
-    best_err = _block_error(blocks, best_scale, best_zp)
+    best_err = _block_error(blocks, best_scale, best_zp, bits)
     for ratio in CLIP_GRID[1:]:
-        scale, zp = range_params(lo, hi, symmetric, float(ratio))
-        err = _block_error(blocks, scale, zp)
+        scale, zp = range_params(lo, hi, symmetric, float(ratio), bits)
+        err = _block_error(blocks, scale, zp, bits)
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
@@ -117,24 +127,26 @@ def block_params(blocks: np.ndarray, symmetric: bool, clip_search: bool) -> tupl
     return best_scale, best_zp
 
 
-def _block_error(blocks: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+def _block_error(blocks: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int = 4) -> np.ndarray:
     s, z = scale[..., None, :], zp[..., None, :]
-    return np.square(decode(encode(blocks, s, z), s, z) - blocks).sum(axis=-2)
+    return np.square(decode(encode(blocks, s, z, bits), s, z) - blocks).sum(axis=-2)
 
 
 def quantize_weight(
-    weight: np.ndarray, block_size: int, symmetric: bool = True, clip_search: bool = False
+    weight: np.ndarray, block_size: int, symmetric: bool = True, clip_search: bool = False, bits: int = 4
 ) -> BlockQuant:
-    """Round-to-nearest block quantization of ``weight`` [K, N] (``clip_search``: the mse algorithm)."""
-    check_block_size(block_size)
+    """Round-to-nearest block quantization of ``weight`` [K, N] (``clip_search``: the mse algorithm).
+
+    ``block_size`` = K gives one scale per column (per-channel)."""
     weight = np.asarray(weight, dtype=np.float32)
     if weight.ndim != 2:
         raise VitqbenchError(f"block quantization needs a 2-D weight, got shape {weight.shape}")
+    check_block_size(block_size, weight.shape[0])
     blocks = to_blocks(weight, block_size)
-    scale, zp = block_params(blocks, symmetric, clip_search)
-    codes = encode(blocks, scale[:, None, :], zp[:, None, :])
+    scale, zp = block_params(blocks, symmetric, clip_search, bits)
+    codes = encode(blocks, scale[:, None, :], zp[:, None, :], bits)
     k_pad = blocks.shape[0] * block_size
-    return BlockQuant(codes.reshape(k_pad, -1), scale, zp, weight.shape[0], block_size, symmetric)
+    return BlockQuant(codes.reshape(k_pad, -1), scale, zp, weight.shape[0], block_size, symmetric, bits)
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:

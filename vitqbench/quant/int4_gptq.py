@@ -12,9 +12,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from vitqbench.errors import VitqbenchError
+from vitqbench.quant.calibration import iter_activations
 from vitqbench.quant.int4_blockwise import (
     BlockQuant,
     block_params,
@@ -23,9 +23,7 @@ from vitqbench.quant.int4_blockwise import (
     encode,
     to_blocks,
 )
-from vitqbench.runtime import session_options
 
-CHUNK = 8  # images per ORT run while collecting activations
 LAZY_ROWS = 128  # rows updated together before the trailing rows get the accumulated error
 
 
@@ -40,33 +38,22 @@ def collect_hessians(
     Runs the float model once over ``calib`` (streamed) with the tensors added as outputs, so memory
     is bounded by one chunk of activations plus the [K, K] sums. Returns the sums and the image count.
     """
-    names = list(dict.fromkeys(tensors))
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(
-        probe.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-    )
-    del probe
-    input_name = session.get_inputs()[0].name
     sums: dict[str, np.ndarray] = {}
     images = 0
-    for batch in calib:  # no bar of ours: the calibration source draws its own, and rich allows one
-        batch = np.ascontiguousarray(getattr(batch, "images", batch), dtype=np.float32)
-        # Every probed activation of a chunk is alive at once: small chunks bound the memory.
-        for start in range(0, batch.shape[0], CHUNK):
-            outputs = session.run(names, {input_name: batch[start : start + CHUNK]})
-            for name, act in zip(names, outputs, strict=True):
-                x = act.reshape(-1, act.shape[-1])
-                h = (x.T @ x).astype(np.float64)
-                sums[name] = sums[name] + h if name in sums else h
-        images += batch.shape[0]
+    # No bar of ours: the calibration source draws its own, and rich allows one.
+    for chunk in iter_activations(model, tensors, calib, threads):
+        for name, act in chunk.items():
+            add_hessian(sums, name, act)
+        images += next(iter(chunk.values())).shape[0]
     if images == 0:
         raise VitqbenchError("gptq needs calibration images, but the calibration source yielded none")
     return sums, images
+
+
+def add_hessian(sums: dict[str, np.ndarray], name: str, act: np.ndarray) -> None:
+    x = act.reshape(-1, act.shape[-1])
+    h = (x.T @ x).astype(np.float64)
+    sums[name] = sums[name] + h if name in sums else h
 
 
 def gptq_quantize(
@@ -77,6 +64,7 @@ def gptq_quantize(
     damp: float = 0.01,
     act_order: bool = False,
     clip_search: bool = False,
+    bits: int = 4,
 ) -> BlockQuant:
     """GPTQ-quantize ``weight`` [K, N] given its input Hessian [K, K].
 
@@ -84,9 +72,9 @@ def gptq_quantize(
     decreasing Hessian diagonal; block scales are then fixed up front from the float weight
     ("static groups"), because MatMulNBits needs each block of K to share one scale.
     """
-    check_block_size(block_size)
     w = np.array(weight, dtype=np.float32)
     k, n = w.shape
+    check_block_size(block_size, k)
     if hessian.shape != (k, k):
         raise VitqbenchError(f"hessian shape {hessian.shape} does not match weight rows {k}")
     h = np.array(hessian, dtype=np.float64)
@@ -95,7 +83,7 @@ def gptq_quantize(
     w[dead] = 0.0
     n_blocks = -(-k // block_size)
     if act_order:
-        scales, zps = block_params(to_blocks(w, block_size), symmetric, clip_search)
+        scales, zps = block_params(to_blocks(w, block_size), symmetric, clip_search, bits)
         perm = np.argsort(-np.diag(h), kind="stable")
         w, h = w[perm], h[perm][:, perm]
     else:
@@ -123,8 +111,8 @@ def gptq_quantize(
             else:
                 g = row // block_size
                 if row % block_size == 0:
-                    scales[g], zps[g] = block_params(w1[i : i + block_size], symmetric, clip_search)
-            q = encode(w1[i], scales[g], zps[g])
+                    scales[g], zps[g] = block_params(w1[i : i + block_size], symmetric, clip_search, bits)
+            q = encode(w1[i], scales[g], zps[g], bits)
             codes[row] = q
             e = (w1[i] - decode(q, scales[g], zps[g])) / h1[i, i]
             w1[i:] -= np.outer(h1[i, i:], e)
@@ -136,4 +124,4 @@ def gptq_quantize(
     k_pad = n_blocks * block_size
     padded = np.repeat(zps, block_size, axis=0)[:k_pad].copy()
     padded[:k] = codes
-    return BlockQuant(padded, scales, zps, k, block_size, symmetric)
+    return BlockQuant(padded, scales, zps, k, block_size, symmetric, bits)

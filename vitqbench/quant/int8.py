@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import io
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -28,6 +29,8 @@ from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.metadata import ModelMetadata, attach_head
 from vitqbench.progress import progress_bar
 from vitqbench.quant.calibration import BatchReader, CalibrationSet
+from vitqbench.quant.execution import execution_summary
+from vitqbench.quant.schemes import QUANTIZE_OPS, QuantRecord, SchemeConfig, register_scheme
 
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -45,9 +48,17 @@ DEFAULT_EXCLUDE: tuple[str, ...] = ()
 HISTOGRAM_BATCH = 4
 
 
+# --quantize-ops matmul: the linear layers (qkv, proj, fc1, fc2, head), the two attention matmuls and
+# the patch embedding (a linear layer over patches); the residual stream, LayerNorm, Softmax and GELU stay float.
+MATMUL_OPS = ["MatMul", "Gemm", "Conv"]
+
+
+@register_scheme
 @dataclass
-class Int8Config:
-    """Options of the 8-bit path; ``exclude`` holds op types, node-name globs or names from ``GROUPS``.
+class Int8Config(SchemeConfig):
+    """Scheme ``w8a8``: ORT static QDQ, int8 per-channel weights, 8-bit activations from calibration.
+
+    ``exclude`` holds op types, node-name globs or names from ``GROUPS``.
 
     Excluding a node keeps its weights and arithmetic in float; an activation it reads can still
     arrive 8-bit rounded when the node producing it is quantized (exclude that producer too).
@@ -59,8 +70,14 @@ class Int8Config:
     symmetric_activations: bool = False
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     percentile: float = 99.999
+    quantize_ops: str = "matmul"
+
+    name: ClassVar[str] = "w8a8"
+    summary: ClassVar[str] = "int8 weights, uint8 static activations (ORT QDQ, calibrated)"
 
     def __post_init__(self) -> None:
+        if self.quantize_ops not in QUANTIZE_OPS:
+            raise VitqbenchError(f"unknown --quantize-ops {self.quantize_ops!r}; choose {'|'.join(QUANTIZE_OPS)}")
         if self.calib_method not in CALIB_METHODS:
             raise VitqbenchError(f"unknown calibration method {self.calib_method!r}; choose {'|'.join(CALIB_METHODS)}")
         if self.activation_type not in ACTIVATION_TYPES:
@@ -70,6 +87,24 @@ class Int8Config:
         if not 0.0 < self.percentile <= 100.0:
             raise VitqbenchError(f"percentile must be in (0, 100] (got {self.percentile})")
         self.exclude = tuple(p for p in self.exclude if p.lower() != "none")
+
+    def quantize(
+        self, model: onnx.ModelProto, meta: ModelMetadata, calib: CalibrationSet, progress: bool = True
+    ) -> tuple[onnx.ModelProto, QuantRecord]:
+        # This path draws its own bar over calibration (ORT reads the batches), not the data part's.
+        calib = dataclasses.replace(calib, progress=False)
+        quantized, details = quantize_int8(model, meta, self, calib, progress=progress)
+        details.update(execution_summary(quantized))
+        record = QuantRecord(
+            scheme=self.name,
+            weight_bits=8,
+            activation_bits=8,
+            quantized_inputs=self.quantize_ops,
+            execution=details.pop("execution"),
+            algorithm="ort_static_qdq",
+            details=details,
+        )
+        return quantized, record
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -308,6 +343,7 @@ def quantize_int8(
                 activation_type=ACTIVATION_TYPES[config.activation_type],
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=excluded,
+                op_types_to_quantize=MATMUL_OPS if config.quantize_ops == "matmul" else None,
                 calibrate_method=CALIB_METHODS[config.calib_method],
                 extra_options=extra,
             )
@@ -318,8 +354,6 @@ def quantize_int8(
         attach_head(quantized, meta, *head)
     ops = [n.op_type for n in quantized.graph.node]
     record = {
-        "bits": 8,
-        "algorithm": "ort_static_qdq",
         "format": "qdq",
         "weight_type": "int8",
         "activation_type": config.activation_type,
