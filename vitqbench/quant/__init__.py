@@ -14,9 +14,12 @@ import onnx
 from vitqbench.errors import VitqbenchError
 from vitqbench.files import atomic_path, check_output_file, sha256_file
 from vitqbench.metadata import ModelMetadata, get_metadata, load_onnx, set_metadata
+
+# The registry: importing a scheme module registers its scheme(s). A new scheme adds its module here.
+from vitqbench.quant import dynamic, fp16, int4, int8, wxax  # noqa: F401
 from vitqbench.quant.calibration import CalibConfig, calibration_set
-from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config  # noqa: E402
-from vitqbench.quant.schemes import (  # first: it imports every scheme module, which import it back
+from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config
+from vitqbench.quant.schemes import (
     BITS_ALIASES,
     SCHEMES,
     QuantRecord,

@@ -4,7 +4,7 @@ A scheme's fields are its options; ``needs_calibration`` says whether it reads i
 place that rule lives); ``quantize`` turns a float ONNX model into a quantized copy and a
 ``QuantRecord``. ``create_scheme("w4", algo="rtn")`` builds one, naming the valid schemes and
 options when asked for something else, as the OOD score registry does. A new scheme is one
-module with one ``@register_scheme`` class, imported at the bottom of this file.
+module with one ``@register_scheme`` class, imported by the package's ``__init__``.
 """
 
 from __future__ import annotations
@@ -112,7 +112,3 @@ def create_scheme(name: str, **options: Any) -> SchemeConfig:
             f" (its options: {', '.join(known) or 'none'})"
         )
     return cls(**options)
-
-
-# Registration happens on import: each module below defines and registers its scheme(s).
-from vitqbench.quant import dynamic, fp16, int4, int8, wxax  # noqa: E402,F401
