@@ -313,6 +313,11 @@ def bench(
     # Numbers must not be cut to fit an 80-column pipe; a wide table wraps in the terminal instead.
     wide = console.measure(table, options=console.options.update_width(1000)).maximum
     Console(width=max(console.width, wide), emoji=False).print(table)
+    emulated = sorted({r.model for r in result.records if r.note})
+    if emulated:
+        console.print(
+            f"note: {', '.join(emulated)}: emulated quantization (float arithmetic), not a deployment latency"
+        )
     if json_out:
         result.write_json(json_out)
     if csv_out:

@@ -227,3 +227,15 @@ def test_layernorm_reparameterization_leaves_the_float_model_unchanged(tiny_onnx
     spans = [hi - lo for lo, hi in new.values()]
     if alpha == 1.0:
         assert all(np.ptp(s) / s.mean() < 1e-3 for s in spans)
+
+
+def test_bench_marks_emulated_models(quantized):
+    from vitqbench.bench.results import EMULATED_NOTE, table
+    from vitqbench.bench.runner import BenchSettings, _record, _Slot
+    from vitqbench.bench.targets import inspect_onnx
+
+    records = [_record(_Slot(inspect_onnx(quantized[s][1]), None), 1, BenchSettings()) for s in ("w4a4", "w8a8")]
+    assert [r.execution for r in records] == ["emulated", "integer-kernels"]
+    assert [r.note for r in records] == [EMULATED_NOTE, None]
+    _, rows = table(records)
+    assert rows[0][1] == f"w4a4 ({EMULATED_NOTE})" and rows[1][1] == "w8a8"

@@ -12,6 +12,10 @@ from typing import Any
 from vitqbench.errors import first_line
 from vitqbench.files import atomic_path, write_text_atomic
 
+# Emulated quantization (exact integer rounding, float arithmetic) is measured, but its time says
+# nothing about a deployment on integer kernels: every table and file row says so.
+EMULATED_NOTE = "emulated: not a deployment latency"
+
 
 @dataclass
 class BenchRecord:
@@ -25,6 +29,8 @@ class BenchRecord:
     error: str | None = None
     path: str | None = None
     precision: str | None = None
+    execution: str | None = None  # the quantization record's: integer-kernels | emulated | float16 | float
+    note: str | None = None  # "emulated: not a deployment latency" for models whose quantization is emulated
     backend: str | None = None  # what actually ran: the ORT execution provider, or torch-cpu/torch-cuda
     iters: int | None = None
     mean_ms: float | None = None
@@ -105,6 +111,8 @@ def table(records: list[BenchRecord]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in records:
         head = [r.model, r.precision or "-", str(r.batch)]
+        if r.note:
+            head[1] += f" ({r.note})"
         if not r.ok:
             # The whole error is in the JSON/CSV; the table gets its first line, cut to a readable width.
             reason = first_line(r.error or "no timings")

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vitqbench.bench.client import WorkerFailed, WorkerProcess
 from vitqbench.bench.machine import machine_info
-from vitqbench.bench.results import BenchRecord, BenchResult, Span
+from vitqbench.bench.results import EMULATED_NOTE, BenchRecord, BenchResult, Span
 from vitqbench.bench.stats import summarize
 from vitqbench.bench.targets import Target, inspect_onnx, label_targets, torch_target
 from vitqbench.errors import VitqbenchError, check_seed
@@ -131,6 +131,8 @@ def _record(slot: _Slot, batch: int, s: BenchSettings) -> BenchRecord:
         threads=s.threads or 0,
         path=str(t.path) if t.path else None,
         precision=t.precision,
+        execution=t.execution,
+        note=EMULATED_NOTE if t.execution == "emulated" else None,
         model_mb=t.model_mb,
         io_binding=bool(s.io_binding) and t.kind == "onnx",
         allow_spinning=False,

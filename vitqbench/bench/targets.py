@@ -26,6 +26,7 @@ class Target:
     fixed_batch: int | None = None  # the ONNX input's batch dimension when it is not dynamic
     model_mb: float | None = None
     precision: str | None = None
+    execution: str | None = None
     timm_name: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
@@ -79,6 +80,7 @@ def inspect_onnx(path: str | Path) -> Target:
         fixed_batch=dims[0] or None,
         model_mb=model_size_bytes(path, model) / 2**20,
         precision=meta.precision if meta else None,
+        execution=meta.execution if meta else None,
         timm_name=meta.timm_name if meta else None,
         model_kwargs=dict(meta.model_kwargs) if meta else {},
         num_classes=meta.num_classes if meta else None,
@@ -97,6 +99,7 @@ def torch_target(reference: Target) -> Target:
         fixed_batch=None,
         model_mb=None,
         precision="fp32",
+        execution="float",
         dtype="float32",
     )
 

@@ -211,6 +211,7 @@ def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
             sha256=model_sha256(path),
             size_bytes=model_size_bytes(path),
             precision=meta.precision,
+            execution=meta.execution,
             display_name=meta.display_name,
             baseline=None,
             metadata=_meta_dict(meta),

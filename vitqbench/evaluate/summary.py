@@ -105,17 +105,18 @@ def print_summary(results: EvalResults, console: Console) -> None:
     fpr = results.headline_fpr
     about = f" (score {score}; FPR = {METRICS[fpr].title}; means: {', '.join(map(mean_title, means))}; in %)"
     table = Table(title="vitqbench eval" + (about if score else ""))
-    columns = ["model", "precision", "top-1 %", "Δ top-1"]
+    columns = ["model", "precision", "execution", "top-1 %", "Δ top-1"]
     # Short headers ("near AUROC %") keep the table readable in 80 columns; the title says the rest.
     columns += [f"{m.partition(':')[2] or 'all'} {title}" for m in means for title in ("AUROC", "FPR")]
     for column in columns:
-        left = column in ("model", "precision")
+        left = column in ("model", "precision", "execution")
         width = max([len(m.label) for m in results.models] + [5]) if column == "model" else None
         table.add_column(column, justify="left" if left else "right", min_width=width)
     for m in results.models:
         id_row = results.id_metric(m.label)
         d = results.delta(m.label, id_row.dataset, None, "top1") if id_row else None
-        cells = [m.label, m.precision, _pct(id_row.top1 if id_row else None), f"{100 * d.abs:+.2f}" if d else ""]
+        top1 = _pct(id_row.top1 if id_row else None)
+        cells = [m.label, m.precision, m.execution, top1, f"{100 * d.abs:+.2f}" if d else ""]
         for mean in means:
             ood = results.ood_metric(m.label, mean, score)
             cells += [_pct(ood.auroc if ood else None), _pct(getattr(ood, fpr) if ood else None)]

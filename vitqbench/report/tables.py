@@ -15,6 +15,7 @@ JSON_SCHEMA = 1
 CSV_COLUMNS = [
     "model",
     "precision",
+    "execution",
     "display_name",
     "baseline",
     "dataset",
@@ -39,6 +40,7 @@ def csv_rows(results: EvalResults) -> list[dict[str, Any]]:
         base = {
             "model": model.label,
             "precision": model.precision,
+            "execution": model.execution,
             "display_name": model.display_name,
             "baseline": model.baseline,
         }
