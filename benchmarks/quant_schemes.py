@@ -119,7 +119,7 @@ def load(spec: str, data_config) -> tuple[np.ndarray, np.ndarray | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a `vitqbench train` checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="a `vitqbench train` checkpoint")
     parser.add_argument("--work", type=Path, default=Path("/tmp/quant_schemes"))
     parser.add_argument("--calib", default="fashion-mnist:train:0-5")
     parser.add_argument("--calib-size", type=int, default=256)
@@ -131,7 +131,11 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=["schemes", "ablation", "ort"], default=["schemes", "ablation", "ort"]
     )
+    parser.add_argument("--tables", type=Path, help="only print the tables of an earlier (or partial) run's JSON")
     args = parser.parse_args()
+    if args.tables:
+        print_tables(json.loads(args.tables.read_text()))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     fp32 = args.work / "fp32.onnx"
     if not fp32.exists():
@@ -155,6 +159,7 @@ def main() -> None:
             "execution": execution,
             "quantize_s": seconds,
         }
+        (args.work / "quant_schemes.json").write_text(json.dumps(rows, indent=1))  # a partial run keeps its rows
         r = rows[label]
         print(
             f"{label:42s} top-1 {r['top1']:.4f} agreement {r['agreement']:.4f} "
@@ -165,14 +170,15 @@ def main() -> None:
     jobs = []
     if "schemes" in args.only:
         jobs += [(s, create_scheme(s)) for s in SCHEMES]
-    if "ablation" in args.only:
-        default = create_scheme("w4a4")
-        jobs += [(f"ablation: {k}", dataclasses.replace(default, **v)) for k, v in ablation().items() if v]
-    for label, config in jobs:
+
+    def run(label: str, config) -> None:
         path = args.work / (label.replace(" ", "_").replace(":", "").replace("/", "-") + ".onnx")
         start = time.perf_counter()
         quantized = quantize_model(fp32, path, config, calib_config, progress=False)
         measure(label, path, time.perf_counter() - start, quantized.quantization["execution"])
+
+    for label, config in jobs:
+        run(label, config)
     if "ort" in args.only:
         calib = calibration_set(calib_config, meta.data_config)
         for method in ("minmax", "percentile"):
@@ -180,6 +186,11 @@ def main() -> None:
             start = time.perf_counter()
             ort_w4a4(fp32, path, calib, method)
             measure(f"ORT quantize_static W4A4 {method}", path, time.perf_counter() - start, "emulated")
+    if "ablation" in args.only:
+        default = create_scheme("w4a4")
+        ablation_jobs = [(f"ablation: {k}", dataclasses.replace(default, **v)) for k, v in ablation().items() if v]
+        for label, config in ablation_jobs:
+            run(label, config)
     (args.work / "quant_schemes.json").write_text(json.dumps(rows, indent=1))
     print_tables(rows)
 
