@@ -59,7 +59,7 @@ def test_presets_parse_and_name_real_timm_tags():
         "vit_small_patch16_224.augreg_in21k_ft_in1k",
     ]
     assert all(n in timm.list_pretrained(n) for n in names)
-    assert [p.name for p in paper.precisions] == ["fp32", "int8", "int4"]
+    assert [p.name for p in paper.precisions] == ["fp32", "w8a8", "w4a4", "w4", "w8a8-dynamic"]
     assert set(paper.ood) == {"ssb_hard", "ninco", "inaturalist", "textures", "openimage_o"}
     assert paper.ood["textures"].root == "images_classic"
 
