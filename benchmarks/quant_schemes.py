@@ -103,7 +103,7 @@ def evaluate(outs, ref, labels, fit_labels, head, ood_names) -> dict:
         per_set = {}
         for ood in ood_names:
             m = ood_metrics(id_scores, score.score(ScoreInputs(logits=outs[ood][0], features=outs[ood][1], head=head)))
-            per_set[ood] = {"auroc": m.auroc, "aupr_out": m.aupr_out, "fpr95": m.fpr95}
+            per_set[ood] = {"auroc": m.auroc, "aupr_out": m.aupr_out, "fpr95": m.fpr95_id_positive}
         row["ood"][name] = {
             "mean": {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("auroc", "aupr_out", "fpr95")},
             "per_set": per_set,
