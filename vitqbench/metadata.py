@@ -143,10 +143,10 @@ class ModelMetadata:
         return self.quantization.get("scheme") or f"int{self.quantization['bits']}"
 
     @property
-    def execution(self) -> str:
-        """How ONNX Runtime runs the model: ``float``, ``integer-kernels``, ``emulated`` or ``float16``."""
+    def execution(self) -> str | None:
+        """How ONNX Runtime runs a quantized model: ``integer-kernels``, ``emulated`` or ``float16`` (None: fp32)."""
         if not self.quantization:
-            return "float"
+            return None
         return self.quantization.get("execution", "integer-kernels")
 
     @property

@@ -66,7 +66,7 @@ def test_json_csv_and_saved_outputs_agree(first_run, models):
     out, _ = first_run
     doc, rows = load(out)
     assert [m["precision"] for m in doc["models"]] == ["fp32", "w8a8", "w4"]
-    assert [m["execution"] for m in doc["models"]] == ["float", "integer-kernels", "integer-kernels"]
+    assert [m["execution"] for m in doc["models"]] == [None, "integer-kernels", "integer-kernels"]
     assert not doc["failures"]
     sizes = {d["name"]: d["size"] for d in doc["datasets"]}
     assert sizes == {ID: 360, "fit": 400, "photos": 120, "noise": 100}

@@ -92,7 +92,7 @@ def test_sweep_runs_every_cell_then_reuses_everything(tmp_path, run_cli, monkeyp
     doc = json.loads((out / "results.json").read_text())
     assert [m["label"] for m in doc["models"]] == ["m.fp32", "m.int8", "m.int4"]
     assert [m["precision"] for m in doc["models"]] == ["fp32", "w8a8", "w4"]
-    assert [m["execution"] for m in doc["models"]] == ["float", "integer-kernels", "integer-kernels"]
+    assert [m["execution"] for m in doc["models"]] == [None, "integer-kernels", "integer-kernels"]
     assert {m["baseline"] for m in doc["models"]} == {"m.fp32"}
     assert doc["models"][1]["metadata"]["quantization"]["per_channel"] is False
     assert doc["settings"]["sweep"]["name"] == "t"

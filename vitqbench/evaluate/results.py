@@ -58,7 +58,7 @@ class ModelInfo:
     display_name: str
     baseline: str | None  # label of the model this one's deltas are taken against
     metadata: dict[str, Any]
-    execution: str = "float"  # float | integer-kernels | emulated | float16 (the quantization record's)
+    execution: str | None = None  # integer-kernels | emulated | float16 (the quantization record's); None: fp32
 
 
 @dataclass

@@ -116,7 +116,7 @@ def print_summary(results: EvalResults, console: Console) -> None:
         id_row = results.id_metric(m.label)
         d = results.delta(m.label, id_row.dataset, None, "top1") if id_row else None
         top1 = _pct(id_row.top1 if id_row else None)
-        cells = [m.label, m.precision, m.execution, top1, f"{100 * d.abs:+.2f}" if d else ""]
+        cells = [m.label, m.precision, m.execution or "float", top1, f"{100 * d.abs:+.2f}" if d else ""]
         for mean in means:
             ood = results.ood_metric(m.label, mean, score)
             cells += [_pct(ood.auroc if ood else None), _pct(getattr(ood, fpr) if ood else None)]
