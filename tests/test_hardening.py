@@ -6,19 +6,12 @@ import os
 
 import onnx
 import pytest
+from clihelpers import one_line_error
 from onnx import TensorProto, helper
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.sweep import SweepModel, parse_sweep
 from vitqbench.metadata import load_onnx, model_sha256, model_size_bytes
-
-
-def _one_line_error(result, *fragments):
-    assert result.code == 2, (result.code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(
@@ -33,7 +26,7 @@ def _one_line_error(result, *fragments):
 )
 def test_negative_seeds_are_one_line(tiny_onnx, tmp_path, run_cli, args):
     args = [str(tiny_onnx) if a == "MODEL" else a.replace("OUT", str(tmp_path)) for a in args]
-    _one_line_error(run_cli(*args), "--seed must be a whole number in 0..")
+    one_line_error(run_cli(*args), "--seed must be a whole number in 0..")
     assert not any(tmp_path.iterdir())
 
 
@@ -51,9 +44,9 @@ def test_negative_seeds_in_a_sweep_file(where):
 def test_threads_are_bounded_by_the_cores_available(tiny_onnx, tmp_path, run_cli):
     out = tmp_path / "e"
     result = run_cli("eval", "-m", tiny_onnx, "--id", "noise:gaussian:n=4", "--threads", "5000", "--out", out)
-    _one_line_error(result, "--threads must be in 1..", "the cores available here")
+    one_line_error(result, "--threads must be in 1..", "the cores available here")
     result = run_cli("bench", tiny_onnx, "--threads", "5000", "--iters", "1")
-    _one_line_error(result, "--threads must be in 1..")
+    one_line_error(result, "--threads must be in 1..")
 
 
 def test_sweep_labels_stay_inside_the_output_folder():
@@ -111,7 +104,7 @@ def test_external_data_inside_the_folder_still_loads(tmp_path):
 
 def test_an_opset_newer_than_onnx_is_refused_up_front(tmp_path, run_cli):
     result = run_cli("export", "deit_tiny_patch16_224", "--no-pretrained", "--opset", "99", "-o", tmp_path / "m.onnx")
-    _one_line_error(result, "opset 99 is newer than the installed onnx knows")
+    one_line_error(result, "opset 99 is newer than the installed onnx knows")
 
 
 def test_onnx_runtime_prints_no_coloured_log_lines_while_loading(tmp_path, capfd):

@@ -8,18 +8,11 @@ import os
 import onnx
 import pytest
 import torch
+from clihelpers import one_line_error
 from safetensors.torch import save_file
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.metadata import METADATA_KEY, DataConfig, ModelMetadata, read_metadata
-
-
-def _one_line_error(result, *fragments):
-    assert result.code == 2, (result.code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _document(tiny_onnx) -> dict:
@@ -102,7 +95,7 @@ def test_commands_refuse_bad_metadata_with_one_line(tiny_onnx, tmp_path, run_cli
         "quantize": ["quantize", path, "--bits", "8", "--calib", "noise:gaussian:n=4", "-o", tmp_path / "q.onnx"],
     }[command]
     result = run_cli(*args, "--cache-dir", tmp_path / "cache") if command == "eval" else run_cli(*args)
-    _one_line_error(result, "data_config.std must be positive")
+    one_line_error(result, "data_config.std must be positive")
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "out" / "results.json").exists()
 
 
@@ -129,7 +122,7 @@ SMALL_SET = ["--set=img_size=32", "--set=patch_size=8", "--set=depth=1", "--set=
 def test_export_refuses_invalid_data_config_flags(tmp_path, run_cli, flag, value, named):
     out = tmp_path / "m.onnx"
     result = run_cli("export", "deit_tiny_patch16_224", "--no-pretrained", *SMALL_SET, flag, value, "-o", out)
-    _one_line_error(result, named)
+    one_line_error(result, named)
     assert not out.exists()
 
 
@@ -165,7 +158,7 @@ GOOD_HEADER = {
 )
 def test_malformed_checkpoint_headers_are_one_line(tmp_path, run_cli, header, named):
     out = tmp_path / "m.onnx"
-    _one_line_error(run_cli("export", _checkpoint(tmp_path, header), "-o", out), named)
+    one_line_error(run_cli("export", _checkpoint(tmp_path, header), "-o", out), named)
     assert not out.exists()
 
 
@@ -185,6 +178,6 @@ def test_pickle_refusal_keeps_the_reason_whole(tmp_path, run_cli):
     path = tmp_path / "evil.pth"
     torch.save({"weight": _RunsCode()}, path)
     result = run_cli("export", "deit_tiny_patch16_224", "--checkpoint", path, "-o", tmp_path / "m.onnx")
-    _one_line_error(result, "cannot read checkpoint", "weights_only=True")
+    one_line_error(result, "cannot read checkpoint", "weights_only=True")
     assert "system" in result.stderr  # torch's reason (the global it refused) is kept, not cut off
     assert "should-never-run" not in result.stdout + result.stderr

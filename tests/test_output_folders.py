@@ -10,17 +10,10 @@ import sys
 import tempfile
 
 import pytest
+from clihelpers import one_line_error
 
 from vitqbench import files
 from vitqbench.errors import VitqbenchError
-
-
-def _one_line_error(result, *fragments):
-    assert result.code == 2, (result.code, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ def test_a_full_or_read_only_disk_is_one_line_before_any_work(tiny_onnx, tmp_pat
         "bench": ["bench", tiny_onnx, "--iters", "1", "--json", out / "b.json"],
     }[command]
     out.mkdir()
-    _one_line_error(run_cli(*args), "cannot write", "No space left on device")
+    one_line_error(run_cli(*args), "cannot write", "No space left on device")
     assert list(out.iterdir()) == []
 
 

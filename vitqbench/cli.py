@@ -24,6 +24,16 @@ app = typer.Typer(
 )
 
 
+# Options eval and sweep share.
+FPR_CONVENTION_OPTION = typer.Option(
+    "openood",
+    "--fpr-convention",
+    help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
+)
+PLOT_SCORES_OPTION = typer.Option(
+    None, "--plot-scores", help="Scores that get ROC curves and histograms, e.g. msp,vim (default: all; none)."
+)
+
 console = Console(soft_wrap=True, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
@@ -364,14 +374,8 @@ def eval_(
     ),
     val_id: str | None = typer.Option(None, "--val-id", help="ID validation DATA for --tune (OpenOOD's ID-val)."),
     val_ood: str | None = typer.Option(None, "--val-ood", help="OOD validation DATA for --tune (OOD-val)."),
-    fpr_convention: str = typer.Option(
-        "openood",
-        "--fpr-convention",
-        help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
-    ),
-    plot_scores: str | None = typer.Option(
-        None, "--plot-scores", help="Scores that get ROC curves and histograms, e.g. msp,vim (default: all; none)."
-    ),
+    fpr_convention: str = FPR_CONVENTION_OPTION,
+    plot_scores: str | None = PLOT_SCORES_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     decode_cache: bool = typer.Option(
         True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
@@ -431,14 +435,8 @@ def sweep(
     tune: bool | None = typer.Option(
         None, "--tune/--no-tune", help="Override the study's tune (needs val_id and val_ood in [data])."
     ),
-    fpr_convention: str = typer.Option(
-        "openood",
-        "--fpr-convention",
-        help="FPR@95 the tables lead with: openood (OOD positive, OpenOOD v1.5's leaderboard) or id-positive.",
-    ),
-    plot_scores: str | None = typer.Option(
-        None, "--plot-scores", help="Scores that get ROC curves and histograms, e.g. msp,vim (default: all; none)."
-    ),
+    fpr_convention: str = FPR_CONVENTION_OPTION,
+    plot_scores: str | None = PLOT_SCORES_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     decode_cache: bool = typer.Option(
         True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
