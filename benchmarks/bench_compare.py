@@ -25,6 +25,7 @@ from vitqbench.bench import markdown_table, run_benchmark
 from vitqbench.bench.results import caption
 from vitqbench.bench.runner import parse_batches
 from vitqbench.bench.targets import inspect_onnx
+from vitqbench.runtime import execution_target
 
 
 def build_models(model: str, workdir: Path, calib: str) -> list[Path]:
@@ -108,8 +109,8 @@ def main() -> None:
 
     paths = build_models(args.model, args.workdir, args.calib)
     result = run_benchmark(
-        paths, provider=args.provider, batches=parse_batches(args.batches), threads=args.threads, iters=args.iters,
-        rounds=args.rounds, warmup=args.warmup, torch_baseline=args.torch,
+        paths, target=execution_target(args.provider), batches=parse_batches(args.batches), threads=args.threads,
+        iters=args.iters, rounds=args.rounds, warmup=args.warmup, torch_baseline=args.torch,
     )
     print(markdown_table(result.records))
     print(caption(result) + "\n")

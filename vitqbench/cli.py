@@ -53,6 +53,17 @@ def parse_model_kwargs(pairs: list[str]) -> dict[str, Any]:
     return kwargs
 
 
+PROVIDER_HELP = "Execution provider: cpu, cuda or tensorrt (any case)."
+PROVIDER_OPTION_HELP = "ONNX Runtime provider option KEY=VALUE (repeatable; part of the cache key)."
+
+
+def target_from(provider: str, provider_options: list[str] | None) -> Any:
+    """The one ExecutionTarget of a command, from --provider and --provider-option."""
+    from vitqbench.runtime import execution_target, parse_provider_options
+
+    return execution_target(provider, parse_provider_options(provider_options or [])).check_available()
+
+
 def parse_floats(text: str | None, option: str) -> list[float] | None:
     if text is None:
         return None
@@ -203,6 +214,8 @@ def quantize(
         None, "--per-channel/--per-tensor", help="w8a8: weight scales (default per-channel)."
     ),
     activation_type: str = typer.Option(None, "--activation-type", help="w8a8: uint8|int8 activations."),
+    provider: str = typer.Option("cpu", "--provider", help="Where calibration runs the float model. " + PROVIDER_HELP),
+    provider_option: list[str] = typer.Option([], "--provider-option", help=PROVIDER_OPTION_HELP),
     symmetric_activations: bool = typer.Option(
         None, "--symmetric-activations", help="w8a8: symmetric activation ranges."
     ),
@@ -260,7 +273,16 @@ def quantize(
     }
     config = scheme_from_flags(scheme, bits, flags, opt)
     calib_config = (
-        CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root, strict=strict) if calib else None
+        CalibConfig(
+            data=calib,
+            size=calib_size,
+            seed=seed,
+            data_root=data_root,
+            strict=strict,
+            target=target_from(provider, provider_option),
+        )
+        if calib
+        else None
     )
     start = time.perf_counter()
     meta = quantize_model(model, out, config, calib=calib_config)
@@ -283,7 +305,8 @@ def quantize(
 @app.command()
 def bench(
     models: list[Path] = typer.Argument(..., help="ONNX files; ratios compare each with the first."),
-    provider: str = typer.Option("cpu", help="Execution provider: cpu, cuda or tensorrt."),
+    provider: str = typer.Option("cpu", help=PROVIDER_HELP),
+    provider_option: list[str] = typer.Option([], "--provider-option", help=PROVIDER_OPTION_HELP),
     threads: int | None = typer.Option(None, help="Intra-op threads (default: physical cores)."),
     batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated, e.g. 1,8,32."),
     warmup: int = typer.Option(5, help="Warm-up runs per model and batch (not timed)."),
@@ -307,7 +330,7 @@ def bench(
         if path is not None:
             check_output_file(path)  # before minutes of measuring, not after
     settings = BenchSettings(
-        provider=provider,
+        target=target_from(provider, provider_option),
         threads=threads,
         batches=parse_batches(batch),
         warmup=warmup,
@@ -358,7 +381,8 @@ def eval_(
         None, "--baseline", help="Reference model for deltas (default: the first model)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for results and report."),
-    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda or tensorrt."),
+    provider: str = typer.Option("cpu", "--provider", help=PROVIDER_HELP),
+    provider_option: list[str] = typer.Option([], "--provider-option", help=PROVIDER_OPTION_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: physical cores)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per inference batch."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where image-list paths start."),
@@ -395,7 +419,7 @@ def eval_(
         fit=fit,
         scores=scores,
         baseline=baseline,
-        provider=provider,
+        target=target_from(provider, provider_option),
         threads=threads,
         batch_size=batch_size,
         cache_dir=cache_dir,
@@ -423,7 +447,8 @@ def sweep(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Cache folder (default: $VITQBENCH_CACHE or ~/.cache/vitqbench)."
     ),
-    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda or tensorrt."),
+    provider: str = typer.Option("cpu", "--provider", help=PROVIDER_HELP),
+    provider_option: list[str] = typer.Option([], "--provider-option", help=PROVIDER_OPTION_HELP),
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: physical cores)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Override the study's batch size."),
     pretrained: bool = typer.Option(
@@ -457,7 +482,7 @@ def sweep(
         out=out,
         data_root=data_root,
         cache_dir=cache_dir,
-        provider=provider,
+        target=target_from(provider, provider_option),
         threads=threads,
         batch_size=batch_size,
         pretrained=pretrained,

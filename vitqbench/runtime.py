@@ -1,9 +1,14 @@
-"""ONNX Runtime sessions and provider choice, shared by quant, bench and eval."""
+"""Execution targets (provider + options + cache tag) and ONNX Runtime sessions, shared by quant, bench and eval."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 import psutil
@@ -37,19 +42,84 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
-def resolve_provider(name: str) -> str:
-    """Map ``cpu|cuda|tensorrt`` to an available ORT provider, or fail with one clear line."""
-    key = name.lower()
+@dataclass(frozen=True)
+class ExecutionTarget:
+    """Where models run: an ORT provider (``cpu|cuda|tensorrt``) with its provider options.
+
+    Made once (``execution_target``) and passed wherever a model runs; ``tag`` is what cache keys
+    hold, so ``CPU`` and ``cpu`` share entries and different provider options never do.
+    """
+
+    name: str = "cpu"  # normalized: a key of PROVIDERS
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        return PROVIDERS[self.name]
+
+    @property
+    def device(self) -> str:
+        """``cpu`` or ``gpu``: what a scheduler must reserve for a model running here."""
+        return "cpu" if self.name == "cpu" else "gpu"
+
+    @property
+    def tag(self) -> str:
+        """Normalized name, plus a hash of the options when there are any (``cpu`` stays ``cpu``)."""
+        if not self.options:
+            return self.name
+        text = json.dumps(dict(self.options), sort_keys=True)
+        return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    @property
+    def providers(self) -> list[tuple[str, dict[str, str]]]:
+        """ORT's ``providers=[(name, options), ...]``: this one first, then CPU for ops it lacks."""
+        chain = [(self.provider, dict(self.options))]
+        if self.name == "tensorrt" and PROVIDERS["cuda"] in ort.get_available_providers():
+            chain.append((PROVIDERS["cuda"], {}))  # nodes TensorRT rejects should stay on the GPU
+        if self.name != "cpu":
+            chain.append((PROVIDERS["cpu"], {}))
+        return chain
+
+    def check_available(self) -> ExecutionTarget:
+        """Fail with one line when this ONNX Runtime build lacks the provider; returns self."""
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            hint = f" (the GPU wheel replaces the CPU one: {SWAP_TO_GPU})" if self.name != "cpu" else ""
+            raise VitqbenchError(
+                f"provider {self.name} ({self.provider}) is not available; available: {', '.join(available)}{hint}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "tag": self.tag}
+
+
+CPU = ExecutionTarget()
+
+
+def execution_target(name: str | ExecutionTarget = "cpu", options: Mapping[str, Any] | None = None) -> ExecutionTarget:
+    """The target named ``cpu|cuda|tensorrt`` (any case) with ORT provider options; one line if unknown."""
+    if isinstance(name, ExecutionTarget):
+        return name if options is None else ExecutionTarget(name.name, _options(options))
+    key = str(name).strip().lower()
     if key not in PROVIDERS:
         raise VitqbenchError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDERS)}")
-    provider = PROVIDERS[key]
-    available = ort.get_available_providers()
-    if provider not in available:
-        hint = f" (the GPU wheel replaces the CPU one: {SWAP_TO_GPU})" if key != "cpu" else ""
-        raise VitqbenchError(
-            f"provider {name} ({provider}) is not available; available: {', '.join(available)}{hint}"
-        )
-    return provider
+    return ExecutionTarget(key, _options(options or {}))
+
+
+def parse_provider_options(pairs: list[str]) -> dict[str, str]:
+    """``["device_id=1", "trt_fp16_enable=1"]`` to ORT provider options (ORT takes string values)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise VitqbenchError(f"--provider-option expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _options(options: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in sorted(options.items())}
 
 
 def session_options(threads: int | None = None, allow_spinning: bool = True) -> ort.SessionOptions:
@@ -66,22 +136,18 @@ def session_options(threads: int | None = None, allow_spinning: bool = True) -> 
 
 def create_session(
     path: str | Path,
-    provider: str = "cpu",
+    target: ExecutionTarget | str = CPU,
     threads: int | None = None,
     allow_spinning: bool = True,
 ) -> ort.InferenceSession:
-    """An InferenceSession on the named provider (CPU as fallback for ops the provider lacks)."""
+    """An InferenceSession on the target's provider (CPU as fallback for ops the provider lacks)."""
     path = Path(path)
     if not path.is_file():
         raise VitqbenchError(f"no such file: {path}")
-    chosen = resolve_provider(provider)
-    fallbacks = [PROVIDERS["cpu"]]
-    if chosen == PROVIDERS["tensorrt"] and PROVIDERS["cuda"] in ort.get_available_providers():
-        fallbacks.insert(0, PROVIDERS["cuda"])  # nodes TensorRT rejects should stay on the GPU
-    providers = [chosen] if chosen == PROVIDERS["cpu"] else [chosen, *fallbacks]
+    target = execution_target(target).check_available()
     try:
         return ort.InferenceSession(
-            str(path), sess_options=session_options(threads, allow_spinning), providers=providers
+            str(path), sess_options=session_options(threads, allow_spinning), providers=target.providers
         )
     except Exception as exc:  # ORT raises its own exception classes with multi-line messages
         raise VitqbenchError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc

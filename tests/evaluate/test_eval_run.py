@@ -315,8 +315,12 @@ def test_baseline_option_and_bad_provider(first_run, models):
         progress=False,
         baseline=models[1].name,
     )
+    from vitqbench.runtime import execution_target
+
     results = run_eval(config)
     assert results.cache["computed"] == 0
+    # The provider as typed (CPU) is normalized: the cells computed for "cpu" are reused.
+    assert run_eval(EvalConfig(**{**config.__dict__, "target": execution_target("CPU")})).cache["computed"] == 0
     assert {m.baseline for m in results.models} == {"tiny.int8"}
     assert {d.model for d in results.deltas} == {"tiny.fp32", "tiny.int4"}
     d = results.delta("tiny.fp32", ID, None, "top1")
@@ -324,7 +328,7 @@ def test_baseline_option_and_bad_provider(first_run, models):
     with pytest.raises(VitqbenchError, match="none of the given models"):
         run_eval(EvalConfig(**{**config.__dict__, "baseline": "other.onnx"}))
     with pytest.raises(VitqbenchError, match="unknown provider"):
-        run_eval(EvalConfig(**{**config.__dict__, "provider": "tpu"}))
+        run_eval(EvalConfig(**{**config.__dict__, "target": "tpu"}))
 
 
 def test_no_loadable_model_is_one_line_and_writes_nothing(tmp_path, run_cli):

@@ -23,14 +23,14 @@ from vitqbench.bench.stats import summarize
 from vitqbench.bench.targets import Target, inspect_onnx, label_targets, torch_target
 from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.progress import progress_bar
-from vitqbench.runtime import check_threads, physical_cores, resolve_provider
+from vitqbench.runtime import CPU, ExecutionTarget, check_threads, execution_target, physical_cores
 
 DEFAULT_ITERS = 50
 
 
 @dataclass
 class BenchSettings:
-    provider: str = "cpu"
+    target: ExecutionTarget = CPU  # where the models run (provider and its options)
     threads: int | None = None  # intra-op threads; None: physical cores
     batches: Sequence[int] = (1,)
     warmup: int = 5
@@ -59,14 +59,14 @@ class BenchSettings:
             raise VitqbenchError(f"--rounds must be positive, got {self.rounds}")
         check_threads(self.threads)
         check_seed(self.seed)
-        resolve_provider(self.provider)
+        target = execution_target(self.target).check_available()
         return dataclasses.replace(
             self,
-            provider=self.provider.lower(),
+            target=target,
             threads=self.threads or physical_cores(),
             batches=batches,
             iters=DEFAULT_ITERS if self.iters is None and self.seconds is None else self.iters,
-            io_binding=self.provider.lower() != "cpu" if self.io_binding is None else self.io_binding,
+            io_binding=target.device == "gpu" if self.io_binding is None else self.io_binding,
         )
 
     def round_plan(self) -> list[dict[str, Any]]:
@@ -108,7 +108,8 @@ def _load_request(target: Target, batch: int, s: BenchSettings) -> dict[str, Any
     return {
         "kind": target.kind,
         "path": str(target.path) if target.path else None,
-        "provider": s.provider,
+        "provider": s.target.name,
+        "provider_options": dict(s.target.options),
         "threads": s.threads,
         "allow_spinning": False,
         "io_binding": s.io_binding,
@@ -126,7 +127,7 @@ def _record(slot: _Slot, batch: int, s: BenchSettings) -> BenchRecord:
     t = slot.target
     record = BenchRecord(
         model=t.label,
-        provider=s.provider,
+        provider=s.target.name,
         batch=batch,
         threads=s.threads or 0,
         path=str(t.path) if t.path else None,
@@ -230,7 +231,7 @@ def run_benchmark(
     progress: bool = True,
     **options: Any,
 ) -> BenchResult:
-    """Benchmark ONNX files side by side; ``options`` are BenchSettings fields (provider, batches, ...).
+    """Benchmark ONNX files side by side; ``options`` are BenchSettings fields (target, batches, ...).
 
     Records come in batch order, then model order; ratios compare each model with the first one at
     the same batch size. A model whose worker fails or crashes gets a ``failed`` record; the others
@@ -254,5 +255,6 @@ def run_benchmark(
             records += batch_records
             spans += batch_spans
     settings_out = dataclasses.asdict(s)
+    settings_out.update(provider=s.target.name, target=s.target.to_dict())
     settings_out.update(allow_spinning=False, schedule="interleaved", rounds=len(s.round_plan()))
-    return BenchResult(records, machine_info(gpu=s.provider != "cpu"), settings_out, spans)
+    return BenchResult(records, machine_info(gpu=s.target.device == "gpu"), settings_out, spans)

@@ -40,11 +40,10 @@ def _random_input(shape: list[int], dtype: str, seed: int) -> np.ndarray:
 def _load_onnx(req: dict[str, Any], x: np.ndarray) -> tuple[Runner, str]:
     import onnxruntime as ort
 
-    from vitqbench.runtime import create_session
+    from vitqbench.runtime import create_session, execution_target
 
-    session = create_session(
-        req["path"], provider=req["provider"], threads=req["threads"], allow_spinning=req["allow_spinning"]
-    )
+    target = execution_target(req["provider"], req.get("provider_options"))
+    session = create_session(req["path"], target, threads=req["threads"], allow_spinning=req["allow_spinning"])
     used = session.get_providers()[0]
     input_name = req["input_name"]
     if not req["io_binding"]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.results import Failure, ModelInfo
+from vitqbench.runtime import ExecutionTarget
 
 BENCH_COLUMNS = (
     "model",
@@ -25,7 +26,7 @@ BENCH_COLUMNS = (
 
 def bench_models(
     models: list[ModelInfo],
-    provider: str,
+    target: ExecutionTarget,
     threads: int | None,
     options: dict[str, Any],
     progress: bool,
@@ -38,7 +39,7 @@ def bench_models(
         return []
     try:
         result = run_benchmark(
-            [m.path for m in models], provider=provider, threads=threads, progress=progress, **options
+            [m.path for m in models], target=target, threads=threads, progress=progress, **options
         )
     except VitqbenchError as exc:
         failures.append(Failure(None, None, "bench", str(exc)))

@@ -1,6 +1,6 @@
 """The eval cache: per-sample model outputs and fitted score state, keyed by content hashes.
 
-Outputs of one (model file, dataset, provider) cell are written in shards as inference goes,
+Outputs of one (model file, dataset, execution target) cell are written in shards as inference goes,
 each shard atomically, so an interrupted run resumes from the last finished shard; a finished
 cell is merged into one file and its shards removed.
 """
@@ -166,8 +166,9 @@ class Outputs:
         )
 
 
-def outputs_key(model_sha256: str, dataset_key: str, provider: str) -> str:
-    return f"{model_sha256[:20]}__{dataset_key}__{provider}"
+def outputs_key(model_sha256: str, dataset_key: str, target_tag: str) -> str:
+    """A cell's key: the model file, the dataset's content and the execution target's tag."""
+    return f"{model_sha256[:20]}__{dataset_key}__{target_tag}"
 
 
 class OutputCache:

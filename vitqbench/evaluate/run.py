@@ -36,7 +36,7 @@ from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_sco
 from vitqbench.evaluate.state import fitted_score, score_inputs
 from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
 from vitqbench.ood.metrics import headline_fpr
-from vitqbench.runtime import check_threads, resolve_provider
+from vitqbench.runtime import CPU, ExecutionTarget, check_threads, execution_target
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
 FIT = "fit"  # the name of the fit set in results
@@ -55,7 +55,7 @@ class EvalConfig:
     baseline: str | None = None  # model path, file name or label; default the first model
     baseline_of: dict[str, str] | None = None  # label -> baseline label (sweep: per model family)
     labels: list[str] | None = None  # display labels, one per model; default the file stems
-    provider: str = "cpu"
+    target: ExecutionTarget = CPU  # where the models run; its tag is part of every cache key
     threads: int | None = None
     batch_size: int = 64
     cache_dir: Path | None = None
@@ -111,7 +111,8 @@ def run_eval(config: EvalConfig) -> EvalResults:
         raise VitqbenchError("--tune needs --val-id DATA and --val-ood DATA (OpenOOD tunes on ID-val vs OOD-val)")
     if not config.tune and (config.val_id or config.val_ood):
         raise VitqbenchError("--val-id and --val-ood are read only with --tune")
-    resolve_provider(config.provider)  # an unknown or missing provider is one error, not a failure per model
+    # An unknown or missing provider is one error, not a failure per model.
+    config.target = execution_target(config.target).check_available()
     cache_root = resolve_cache_dir(config.cache_dir)
     cache = OutputCache(cache_root)
     failures: list[Failure] = []
@@ -184,7 +185,7 @@ def run_eval(config: EvalConfig) -> EvalResults:
 
         results.bench = bench_models(
             [m.info for m in models],
-            config.provider,
+            config.target,
             config.threads,
             config.bench_options,
             config.progress,
@@ -396,7 +397,7 @@ def _model_outputs(
     session = None
     for data in run_data:
         name = data.info.name
-        key = outputs_key(model.info.sha256, data.info.key, config.provider)
+        key = outputs_key(model.info.sha256, data.info.key, config.target.tag)
         try:
             if data.info.role in {"id", "fit"}:
                 _check_classes(model.meta, data)
@@ -418,7 +419,7 @@ def _model_outputs(
             continue
         if session is None:
             try:
-                session = create_session(model.info.path, config.provider, config.threads)
+                session = create_session(model.info.path, config.target, config.threads)
             except VitqbenchError as exc:
                 results.failures.append(Failure(label, None, "load-model", str(exc)))
                 return outputs
@@ -503,7 +504,7 @@ def _score_model(
             continue
         try:
             score = fitted_score(
-                chosen, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.provider
+                chosen, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.target.tag
             )
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -578,7 +579,8 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
         "fit": config.fit,
         "scores": config.scores,
         "baseline": config.baseline,
-        "provider": config.provider,
+        "provider": config.target.name,
+        "target": config.target.to_dict(),
         "threads": config.threads,
         "batch_size": config.batch_size,
         "data_root": str(config.data_root) if config.data_root else None,

@@ -20,7 +20,7 @@ def fitted_score(
     fit_info: DatasetInfo | None,
     fit_out: Outputs | None,
     cache_root: Path,
-    provider: str,
+    target_tag: str,
 ) -> Any:
     """A ready score: as created when it needs no fit, else fitted on ``fit_out`` or loaded from cache."""
     score = spec.create()
@@ -30,7 +30,7 @@ def fitted_score(
         raise VitqbenchError(f"{spec.label} needs fit-set outputs, which are missing (see the fit cell)")
     folder = cache_root / "scores"
     folder.mkdir(parents=True, exist_ok=True)
-    fit_key = outputs_key(model.sha256, fit_info.key, provider)
+    fit_key = outputs_key(model.sha256, fit_info.key, target_tag)
     path = folder / f"{score_state_key(fit_key, spec.name, score.version, score.params())}.npz"
     if path.is_file():
         try:

@@ -23,6 +23,7 @@ from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate.results import OOD_GROUPS, EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
 from vitqbench.files import check_output_dir, output_folder, safe_name, sha256_file, write_text_atomic
+from vitqbench.runtime import CPU, ExecutionTarget
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,7 +211,7 @@ class SweepOptions:
     out: Path
     data_root: Path | None = None
     cache_dir: Path | None = None
-    provider: str = "cpu"
+    target: ExecutionTarget = CPU
     threads: int | None = None
     batch_size: int | None = None  # overrides the study's
     pretrained: bool = True  # False: random init everywhere (offline stand-ins)
@@ -261,7 +262,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
             if precision.scheme is not None:
                 try:
                     _ensure_quantized(
-                        fp32, path, precision, calib, calib_root, calib_key, config, cache_root, options.progress
+                        fp32, path, precision, calib, calib_root, calib_key, config, cache_root, options
                     )
                 except VitqbenchError as exc:
                     failures.append(Failure(label, None, "quantize", str(exc)))
@@ -292,7 +293,7 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         ood_groups={name: ref.group for name, ref in config.ood.items() if ref.group},
         fit=_resolve(config.fit, options.data_root) if config.fit else None,
         scores=config.scores,
-        provider=options.provider,
+        target=options.target,
         threads=options.threads,
         batch_size=options.batch_size or config.batch_size,
         cache_dir=cache_root,
@@ -405,14 +406,21 @@ def _ensure_quantized(
     calib_key: Callable[[], str],
     config: SweepConfig,
     cache_root: Path,
-    progress: bool,
+    options: SweepOptions,
 ) -> None:
     from vitqbench.quant import CalibConfig, create_scheme, quantize_model
 
     scheme = create_scheme(precision.scheme, **_tuple_lists(precision.options)).resolved(calib is not None)
     scheme.check()
     calib_config = (
-        CalibConfig(data=calib, size=config.calib_size, seed=config.seed, cache_dir=cache_root, data_root=calib_root)
+        CalibConfig(
+            data=calib,
+            size=config.calib_size,
+            seed=config.seed,
+            cache_dir=cache_root,
+            data_root=calib_root,
+            target=options.target,
+        )
         if calib and scheme.needs_calibration
         else None
     )
@@ -425,13 +433,14 @@ def _ensure_quantized(
         # The content key: an edited folder or image list is a new calibration set.
         "calib_key": calib_key() if calib_config else None,
         "calib_size": config.calib_size,
+        "calib_target": options.target.tag if calib_config else None,
         "seed": config.seed,
         "parent_sha256": parent_sha,
     }
     sidecar = path.with_name(path.name + ".recipe.json")
     if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
         return
-    quantize_model(fp32, path, scheme, calib=calib_config, progress=progress)
+    quantize_model(fp32, path, scheme, calib=calib_config, progress=options.progress)
     write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))
 
 

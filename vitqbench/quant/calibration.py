@@ -7,7 +7,7 @@ eval feeds them, and are never held in memory all at once whatever ``--calib-siz
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.metadata import DataConfig
+from vitqbench.runtime import CPU, ExecutionTarget
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CalibConfig:
     cache_dir: Path | None = None
     data_root: Path | None = None  # where an image list's relative paths start (default: the list's folder)
     strict: bool = False  # an unreadable image fails calibration (default: skipped, and recorded)
+    target: ExecutionTarget = CPU  # where the float model runs to collect activation statistics
 
 
 @dataclass
@@ -44,7 +46,6 @@ class CalibrationSet:
     dataset: Any
     indices: np.ndarray
     progress: bool = False
-    _passes: int = field(default=0, repr=False)
 
     def __len__(self) -> int:
         """Number of batches in one pass."""
@@ -53,7 +54,6 @@ class CalibrationSet:
     def __iter__(self) -> Iterator[np.ndarray]:
         from vitqbench.data import iter_batches
 
-        self._passes += 1
         for batch in iter_batches(
             self.dataset,
             self.data_config,
@@ -67,7 +67,7 @@ class CalibrationSet:
     def rebatched(self, batch_size: int) -> CalibrationSet:
         """The same images in batches of at most ``batch_size``."""
         config = replace(self.config, batch_size=min(batch_size, self.config.batch_size))
-        return replace(self, config=config, _passes=0)
+        return replace(self, config=config)
 
     def readable(self) -> CalibrationSet:
         """The same subset without the images that fail to decode (one pass, which fills the decode cache)."""
@@ -77,7 +77,7 @@ class CalibrationSet:
         kept = np.array([i for i in self.indices if int(i) not in reasons], dtype=self.indices.dtype)
         if len(kept) == 0:
             raise VitqbenchError(f"no calibration image of {self.config.data!r} could be read")
-        return replace(self, indices=kept, _passes=0)
+        return replace(self, indices=kept)
 
     def skipped(self) -> list[str]:
         """Paths of drawn images that could not be decoded (known once the set has been iterated)."""
@@ -97,6 +97,7 @@ class CalibrationSet:
             "size": int(len(self.indices)) - len(skipped),  # images the quantizer actually saw
             "skipped": skipped,
             "seed": self.config.seed,
+            "target": self.config.target.tag,
         }
 
 
@@ -163,8 +164,13 @@ CHUNK = 8  # images per ORT run while probing activations: every probed tensor o
 def iter_activations(
     model: onnx.ModelProto, names: Iterable[str], calib: Iterable[np.ndarray], threads: int | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Run the float ``model`` over ``calib`` (streamed) and yield the named tensors, one chunk at a time."""
+    """Run the float ``model`` over ``calib`` (streamed) and yield the named tensors, one chunk at a time.
+
+    The model runs where a ``CalibrationSet`` was told to (its config's target); plain batch lists run on CPU.
+    """
     from vitqbench.runtime import session_options
+
+    target = calib.config.target if isinstance(calib, CalibrationSet) else CPU
 
     names = list(dict.fromkeys(names))
     probe = onnx.ModelProto()
@@ -174,7 +180,7 @@ def iter_activations(
         if name not in existing:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(
-        probe.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        probe.SerializeToString(), sess_options=session_options(threads), providers=target.providers
     )
     del probe
     input_name = session.get_inputs()[0].name

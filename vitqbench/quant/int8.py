@@ -345,6 +345,7 @@ def quantize_int8(
                 nodes_to_exclude=excluded,
                 op_types_to_quantize=MATMUL_OPS if config.quantize_ops == "matmul" else None,
                 calibrate_method=CALIB_METHODS[config.calib_method],
+                calibration_providers=[name for name, _ in calib.config.target.providers],
                 extra_options=extra,
             )
         quantized = onnx.load(str(out_path))
