@@ -468,11 +468,11 @@ def sweep(
     ),
 ) -> None:
     """Run a declarative study (models x precisions x datasets) from a TOML file or preset."""
-    from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, preset_text
+    from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, sweep_text
     from vitqbench.ood import headline_fpr
 
     if show:
-        typer.echo(preset_text(preset) if preset else config.read_text() if config else "")
+        typer.echo(sweep_text(config, preset)[0])
         return
     if out is None:
         raise VitqbenchError("give --out DIR")

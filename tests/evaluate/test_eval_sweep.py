@@ -133,6 +133,63 @@ def test_sweep_cli_errors(tmp_path, run_cli):
     assert result.code == 2 and "--preset" in result.stderr
     result = run_cli("sweep", "--preset", "paper", "--show")
     assert result.code == 0 and "fb_in22k_ft_in1k" in result.stdout
+    result = run_cli("sweep", tmp_path / "missing.toml", "--show")
+    assert result.code == 2 and result.stderr.strip() == f"error: no such sweep file: {tmp_path / 'missing.toml'}"
+
+
+MODEL = {"name": "deit_tiny_patch16_224"}
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"study": {"batch_size": "x"}}, "[study]: batch_size must be an integer, got a string 'x'"),
+        ({"study": {"batch_size": 0}}, "[study]: batch_size must be at least 1, got 0"),
+        ({"study": {"seed": -1}}, "[study]: seed must be a whole number in 0..4294967295, got -1"),
+        ({"study": {"bench": "yes"}}, "[study]: bench must be true or false, got a string 'yes'"),
+        ({"study": {"scores": [1, 2]}}, "[study]: scores must be a list of strings or a string"),
+        ({"study": ["x"]}, "study must be a table [study], got an array"),
+        ({"data": {"id": "d", "calib_size": "64"}}, "[data]: calib_size must be an integer, got a string '64'"),
+        ({"data": {"id": "d", "calib": 3}}, "a dataset is DATA or { spec = DATA, root = FOLDER, group = near|far|synthetic }, got 3"),
+        ({"data": {"id": "d", "ood": ["x"]}}, "[data]: ood must be a table, got an array"),
+        ({"models": [{**MODEL, "kwargs": "depth=2"}]}, "[[models]]: kwargs must be a table, got a string"),
+        ({"models": [{**MODEL, "seed": 1.5}]}, "[[models]]: seed must be an integer, got a number 1.5"),
+        ({"models": [{**MODEL, "pretrained": 1}]}, "[[models]]: pretrained must be true or false, got an integer"),
+        ({"models": {"name": "x"}}, "models must be an array of tables [[models]], got a table"),
+        ({"precisions": [{"name": "q", "bits": True}]}, "bits must be 8 or 4 (got True)"),
+    ],
+)
+def test_sweep_type_errors_fail_at_parse_time_with_one_line(doc, message):
+    doc = {"models": [MODEL], "data": {"id": "d"}, **doc}
+    with pytest.raises(VitqbenchError) as err:
+        parse_sweep(doc, "s.toml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_bench_option_is_rejected_at_parse_time_naming_the_valid_ones():
+    doc = {"models": [MODEL], "data": {"id": "d"}, "study": {"bench": True, "bench_options": {"iter": 3}}}
+    with pytest.raises(VitqbenchError) as err:
+        parse_sweep(doc, "s.toml")
+    assert str(err.value) == (
+        "s.toml [study.bench_options]: unknown key(s) iter (allowed: batches, io_binding, iters, rounds, "
+        "seconds, seed, timeout_s, torch_baseline, warmup)"
+    )
+    doc["study"]["bench_options"] = {"batches": ["1"]}
+    with pytest.raises(VitqbenchError, match="batches must be a list of integers, got an array"):
+        parse_sweep(doc, "s.toml")
+    doc["study"]["bench_options"] = {"iters": 0}
+    with pytest.raises(VitqbenchError, match=r"bench_options\]: --iters must be positive, got 0"):
+        parse_sweep(doc, "s.toml")
+    doc["study"]["bench_options"] = {"iters": 3, "batches": [1, 2]}
+    assert parse_sweep(doc, "s.toml").bench_options == {"iters": 3, "batches": [1, 2]}
+
+
+def test_a_bad_sweep_file_runs_nothing(tmp_path, run_cli):
+    study = tmp_path / "s.toml"
+    study.write_text(TINY_TOML.replace('name = "t"', 'name = "t"\nbench_options = { iter = 3 }'))
+    result = run_cli("sweep", study, "--out", tmp_path / "out")
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "unknown key(s) iter" in result.stderr and not (tmp_path / "out").exists()
 
 
 def test_missing_data_root_lists_fail_as_cells(tmp_path):

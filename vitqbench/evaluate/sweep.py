@@ -12,198 +12,44 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vitqbench.errors import VitqbenchError, check_seed
-from vitqbench.evaluate.results import OOD_GROUPS, EvalResults, Failure
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.results import EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
+from vitqbench.evaluate.sweep_config import (
+    FP32,
+    DataRef,
+    SweepConfig,
+    SweepModel,
+    SweepPrecision,
+    load_sweep_config,
+    parse_sweep,
+    preset_names,
+    preset_text,
+    sweep_text,
+    tuple_lists,
+)
 from vitqbench.files import check_output_dir, output_folder, safe_name, sha256_file, write_text_atomic
 from vitqbench.runtime import CPU, ExecutionTarget
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-FP32 = "fp32"
-
-
-@dataclass
-class DataRef:
-    """A DATA spec, optionally with the folder its image-list paths start at (OpenOOD's data_dir)."""
-
-    spec: str
-    root: str | None = None
-    group: str | None = None  # OOD sets: near, far or synthetic (OpenOOD's grouping)
-
-
-@dataclass
-class SweepModel:
-    name: str  # timm name with optional tag
-    pretrained: bool = True
-    checkpoint: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    label: str | None = None
-
-    @property
-    def slug(self) -> str:
-        return safe_name(self.label or self.name)
-
-
-@dataclass
-class SweepPrecision:
-    name: str  # fp32, a scheme name (w8a8, w4a4, ...), or any label (w4-g128)
-    scheme: str | None = None  # None: the exported model itself
-    options: dict[str, Any] = field(default_factory=dict)  # the scheme config's fields
-
-
-@dataclass
-class SweepConfig:
-    name: str
-    models: list[SweepModel]
-    precisions: list[SweepPrecision]
-    id: DataRef
-    ood: dict[str, DataRef]
-    id_name: str | None = None
-    fit: DataRef | None = None
-    val_id: DataRef | None = None  # validation sets of tune = true
-    val_ood: DataRef | None = None
-    calib: DataRef | None = None
-    calib_size: int = 256
-    scores: list[str] | None = None
-    batch_size: int = 64
-    seed: int = 0
-    bench: bool = False
-    bench_options: dict[str, Any] = field(default_factory=dict)
-    tune: bool = False
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("vitqbench.evaluate") / "presets"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def preset_text(name: str) -> str:
-    if name not in preset_names():
-        raise VitqbenchError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
-    return (resources.files("vitqbench.evaluate") / "presets" / f"{name}.toml").read_text()
-
-
-def load_sweep_config(path: str | Path | None = None, preset: str | None = None) -> SweepConfig:
-    """Parse a sweep TOML file (or a shipped preset) into a checked SweepConfig."""
-    if (path is None) == (preset is None):
-        raise VitqbenchError("give a sweep CONFIG.toml or --preset NAME (one of them)")
-    if preset is not None:
-        text, origin = preset_text(preset), f"preset {preset}"
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise VitqbenchError(f"no such sweep file: {path}")
-        text, origin = path.read_text(), str(path)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise VitqbenchError(f"{origin} is not valid TOML: {exc}") from exc
-    return parse_sweep(doc, origin)
-
-
-def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
-    _only(doc, {"study", "models", "precisions", "data"}, origin)
-    study = dict(doc.get("study", {}))
-    _only(study, {"name", "scores", "batch_size", "seed", "bench", "bench_options", "tune"}, f"{origin} [study]")
-    data = dict(doc.get("data", {}))
-    _only(data, {"id", "id_name", "fit", "val_id", "val_ood", "calib", "calib_size", "ood"}, f"{origin} [data]")
-    if "id" not in data:
-        raise VitqbenchError(f"{origin}: [data] needs id = DATA")
-    models = [_model(m, origin) for m in doc.get("models", [])]
-    precisions = [_precision(p, origin) for p in doc.get("precisions", [{"name": FP32}])]
-    if not models:
-        raise VitqbenchError(f"{origin}: no [[models]]")
-    for what, names in (("model", [m.slug for m in models]), ("precision", [p.name for p in precisions])):
-        if len(set(names)) != len(names):
-            raise VitqbenchError(f"{origin}: a {what} is listed twice")
-    if all(p.scheme is not None for p in precisions):  # every family's baseline, so deltas are vs fp32
-        precisions.insert(0, SweepPrecision(FP32))
-    return SweepConfig(
-        name=str(study.get("name", "sweep")),
-        models=models,
-        precisions=precisions,
-        id=_ref(data["id"], origin),
-        id_name=data.get("id_name"),
-        ood={str(k): _ref(v, origin) for k, v in data.get("ood", {}).items()},
-        fit=_ref(data["fit"], origin) if "fit" in data else None,
-        val_id=_ref(data["val_id"], origin) if "val_id" in data else None,
-        val_ood=_ref(data["val_ood"], origin) if "val_ood" in data else None,
-        calib=_ref(data["calib"], origin) if "calib" in data else None,
-        calib_size=int(data.get("calib_size", 256)),
-        scores=study.get("scores"),
-        batch_size=int(study.get("batch_size", 64)),
-        seed=check_seed(study.get("seed", 0), f"{origin} [study] seed"),
-        bench=bool(study.get("bench", False)),
-        bench_options=dict(study.get("bench_options", {})),
-        tune=bool(study.get("tune", False)),
-    )
-
-
-def _only(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise VitqbenchError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-
-
-def _ref(value: Any, origin: str) -> DataRef:
-    if isinstance(value, str):
-        return DataRef(value)
-    if isinstance(value, dict) and "spec" in value and set(value) <= {"spec", "root", "group"}:
-        group = value.get("group")
-        if group is not None and group not in OOD_GROUPS:
-            raise VitqbenchError(f"{origin}: group {group!r} is not one of {', '.join(OOD_GROUPS)}")
-        return DataRef(str(value["spec"]), value.get("root"), group)
-    raise VitqbenchError(
-        f"{origin}: a dataset is DATA or {{ spec = DATA, root = FOLDER, group = near|far|synthetic }}, got {value!r}"
-    )
-
-
-def _model(table: dict[str, Any], origin: str) -> SweepModel:
-    _only(table, {"name", "pretrained", "checkpoint", "kwargs", "seed", "label"}, f"{origin} [[models]]")
-    if "name" not in table:
-        raise VitqbenchError(f"{origin}: every [[models]] needs name = TIMM_NAME")
-    check_seed(table.get("seed", 0), f"{origin} [[models]] seed")
-    return SweepModel(**table)
-
-
-def _precision(table: dict[str, Any], origin: str) -> SweepPrecision:
-    from vitqbench.quant import BITS_ALIASES, create_scheme, scheme_names
-
-    table = dict(table)
-    name = str(table.pop("name", ""))
-    bits = table.pop("bits", None)
-    scheme = table.pop("scheme", None)
-    if not name:
-        raise VitqbenchError(f"{origin}: every [[precisions]] needs a name")
-    if bits is not None:
-        if bits not in BITS_ALIASES:
-            raise VitqbenchError(f"{origin}: precision {name!r}: bits must be 8 or 4 (got {bits})")
-        scheme = scheme or BITS_ALIASES[bits]
-    if scheme is None and name != FP32:
-        scheme = {"int8": "w8a8", "int4": "w4"}.get(name, name)
-        if scheme not in scheme_names():
-            raise VitqbenchError(
-                f"{origin}: precision {name!r} needs scheme = {' | '.join(scheme_names())} (or bits = 8 or 4)"
-            )
-    if scheme is not None:
-        try:
-            create_scheme(scheme, **_tuple_lists(table))  # unknown scheme or option: one line, before anything runs
-        except VitqbenchError as exc:
-            raise VitqbenchError(f"{origin}: precision {name!r}: {exc}") from None
-    return SweepPrecision(name, scheme, table)
-
+__all__ = [
+    "DataRef",
+    "SweepConfig",
+    "SweepModel",
+    "SweepOptions",
+    "SweepPrecision",
+    "finish_sweep",
+    "load_sweep_config",
+    "parse_sweep",
+    "preset_names",
+    "preset_text",
+    "run_sweep",
+    "sweep_text",
+]
 
 # --------------------------------------------------------------------------------------------- running
 @dataclass
@@ -410,7 +256,7 @@ def _ensure_quantized(
 ) -> None:
     from vitqbench.quant import CalibConfig, create_scheme, quantize_model
 
-    scheme = create_scheme(precision.scheme, **_tuple_lists(precision.options)).resolved(calib is not None)
+    scheme = create_scheme(precision.scheme, **tuple_lists(precision.options)).resolved(calib is not None)
     scheme.check()
     calib_config = (
         CalibConfig(
@@ -460,10 +306,6 @@ def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent
         and {k: saved.get(k) for k in recipe} == _plain(recipe)
         and saved.get("sha256") == sha256_file(path)
     )
-
-
-def _tuple_lists(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
 def finish_sweep(
