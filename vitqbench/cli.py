@@ -55,6 +55,8 @@ def parse_model_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 PROVIDER_HELP = "Execution provider: cpu, cuda or tensorrt (any case)."
 PROVIDER_OPTION_HELP = "ONNX Runtime provider option KEY=VALUE (repeatable; part of the cache key)."
+EXECUTOR_HELP = "Where cells run: inprocess, or ray (pip install 'vitqbench[ray]'; the cache must be shared)."
+RAY_ADDRESS_HELP = "Ray cluster to join (ray://HOST:PORT or HOST:PORT); default: start a local one."
 
 
 def target_from(provider: str, provider_options: list[str] | None) -> Any:
@@ -404,9 +406,12 @@ def eval_(
     decode_cache: bool = typer.Option(
         True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
     ),
+    executor: str = typer.Option("inprocess", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Evaluate ID accuracy and OOD detection of models x datasets, with quantization deltas."""
-    from vitqbench.evaluate import EvalConfig, finish_run, parse_id_arg, parse_ood_args
+    from vitqbench.app import finish_run, parse_id_arg, parse_ood_args
+    from vitqbench.evaluate import EvalConfig
 
     ood_specs, ood_groups = parse_ood_args(ood)
     id_name, id_spec = parse_id_arg(id_)
@@ -433,6 +438,8 @@ def eval_(
         tune=tune,
         val_id=val_id,
         val_ood=val_ood,
+        executor=executor,
+        ray_address=ray_address,
     )
     finish_run(config, out, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 
@@ -466,9 +473,12 @@ def sweep(
     decode_cache: bool = typer.Option(
         True, "--decode-cache/--no-decode-cache", help="Keep decoded images in the cache (off: one-off runs)."
     ),
+    executor: str = typer.Option("inprocess", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Run a declarative study (models x precisions x datasets) from a TOML file or preset."""
-    from vitqbench.evaluate.sweep import SweepOptions, finish_sweep, load_sweep_config, sweep_text
+    from vitqbench.app import finish_sweep
+    from vitqbench.evaluate.sweep import SweepOptions, load_sweep_config, sweep_text
     from vitqbench.ood import headline_fpr
 
     if show:
@@ -491,6 +501,8 @@ def sweep(
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
         tune=tune,
+        executor=executor,
+        ray_address=ray_address,
     )
     finish_sweep(study, options, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from vitqbench.app import finish_run
 from vitqbench.data.builtin import fashion_mnist_dir
 from vitqbench.errors import VitqbenchError, check_seed
-from vitqbench.evaluate import EvalConfig, EvalResults, finish_run
+from vitqbench.evaluate import EvalConfig, EvalResults
 from vitqbench.export import export_model
 from vitqbench.files import check_output_dir, default_cache_dir
 from vitqbench.quant import create_scheme, quantize_model, scheme_options

@@ -150,7 +150,7 @@ MODEL = {"name": "deit_tiny_patch16_224"}
         ({"study": {"scores": [1, 2]}}, "[study]: scores must be a list of strings or a string"),
         ({"study": ["x"]}, "study must be a table [study], got an array"),
         ({"data": {"id": "d", "calib_size": "64"}}, "[data]: calib_size must be an integer, got a string '64'"),
-        ({"data": {"id": "d", "calib": 3}}, "a dataset is DATA or { spec = DATA, root = FOLDER, group = near|far|synthetic }, got 3"),
+        ({"data": {"id": "d", "calib": 3}}, "root = FOLDER, group = near|far|synthetic }, got 3"),
         ({"data": {"id": "d", "ood": ["x"]}}, "[data]: ood must be a table, got an array"),
         ({"models": [{**MODEL, "kwargs": "depth=2"}]}, "[[models]]: kwargs must be a table, got a string"),
         ({"models": [{**MODEL, "seed": 1.5}]}, "[[models]]: seed must be an integer, got a number 1.5"),

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vitqbench.app import parse_ood_args
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import OutputCache, Outputs
-from vitqbench.evaluate.results import IdMetrics, ModelInfo, OodResult, compute_deltas
 from vitqbench.evaluate.run import _unique_labels
 from vitqbench.evaluate.scoring import parse_score_specs
-from vitqbench.evaluate.summary import parse_ood_args
+from vitqbench.results import IdMetrics, ModelInfo, OodResult, compute_deltas
 
 
 def test_score_specs_parse_params_and_reject_bad_input():
@@ -100,9 +100,9 @@ def test_output_cache_merges_shards_in_dataset_order(tmp_path):
 
 def test_fitted_score_state_is_keyed_by_provider_and_resolved_params(tmp_path):
     """State fitted on CPU outputs is not served to a CUDA run; an explicit default shares the state."""
-    from vitqbench.evaluate.results import DatasetInfo
     from vitqbench.evaluate.scoring import ScoreSpec
     from vitqbench.evaluate.state import fitted_score
+    from vitqbench.results import DatasetInfo
 
     rng = np.random.default_rng(0)
     fit = Outputs(

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from vitqbench.evaluate.results import (
+from vitqbench.report import write_report
+from vitqbench.results import (
     DatasetInfo,
     EvalResults,
     Failure,
@@ -17,7 +18,6 @@ from vitqbench.evaluate.results import (
     OodResult,
     compute_deltas,
 )
-from vitqbench.report import write_report
 
 
 def make_results(tmp_path) -> EvalResults:

@@ -12,7 +12,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from vitqbench.evaluate.results import (
+from vitqbench.ood import mean_metrics, ood_metrics, roc_curve
+from vitqbench.report import write_report
+from vitqbench.report.markdown import format_delta, render_html, render_report
+from vitqbench.report.plots import delta_figure, histogram_figure, roc_figure
+from vitqbench.results import (
     DatasetInfo,
     EvalResults,
     IdMetrics,
@@ -21,10 +25,6 @@ from vitqbench.evaluate.results import (
     compute_deltas,
     mean_members,
 )
-from vitqbench.ood import mean_metrics, ood_metrics, roc_curve
-from vitqbench.report import write_report
-from vitqbench.report.markdown import format_delta, render_html, render_report
-from vitqbench.report.plots import delta_figure, histogram_figure, roc_figure
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SETS = {"near1": ("near", 1.0), "far1": ("far", 2.5), "noise": ("synthetic", 4.0)}

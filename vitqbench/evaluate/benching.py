@@ -6,22 +6,8 @@ import dataclasses
 from typing import Any
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import Failure, ModelInfo
+from vitqbench.results import Failure, ModelInfo
 from vitqbench.runtime import ExecutionTarget
-
-BENCH_COLUMNS = (
-    "model",
-    "precision",
-    "batch",
-    "threads",
-    "p50_ms",
-    "mean_ms",
-    "throughput_ips",
-    "speedup",
-    "peak_rss_mb",
-    "model_mb",
-    "status",
-)
 
 
 def bench_models(

@@ -1,46 +1,48 @@
-"""The eval matrix: every model over every dataset once, then scores, metrics and deltas.
+"""The eval matrix as a plan of cells: every model over every dataset once, then scores, metrics, deltas.
 
-One ONNX Runtime session is alive at a time (models outer, datasets inner), so no idle session's
-spinning threads compete with the running one. A session is only created when some cell of that
-model is missing from the cache, so a repeated run touches no model at all.
+``run_eval`` loads and checks the inputs, plans the outputs cells (model x dataset x execution
+target, content-addressed) and the scores cells, has an executor run them and aggregates their
+results. In process, one ONNX Runtime session is alive at a time (models outer, datasets inner), so
+no idle session's spinning threads compete with the running one; a session is only created when
+some cell of that model is missing from the cache, so a repeated run touches no model at all.
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitqbench.errors import DiskFull, Interrupted, VitqbenchError, check_seed, first_line
-from vitqbench.evaluate.cache import OutputCache, Outputs, outputs_key, resolve_cache_dir
-from vitqbench.evaluate.inference import run_cell
+from vitqbench.errors import Interrupted, VitqbenchError, check_seed, first_line
+from vitqbench.evaluate.cache import outputs_key, resolve_cache_dir
+from vitqbench.evaluate.cells import CellContext, DataSource, OutputsCell, OutputsResult
+from vitqbench.evaluate.executor import EXECUTORS, Executor, make_executor
+from vitqbench.evaluate.model_scores import ModelScores, ScoresCell
 from vitqbench.evaluate.progress import CellProgress
-from vitqbench.evaluate.results import (
+from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
+from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
+from vitqbench.ood.metrics import headline_fpr
+from vitqbench.results import (
     MEAN,
     OOD_GROUPS,
     SYNTHETIC,
+    VAL_ID,
+    VAL_OOD,
     DatasetInfo,
     EvalResults,
     Failure,
-    IdMetrics,
     ModelInfo,
-    OodResult,
     compute_deltas,
     mean_members,
 )
-from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
-from vitqbench.evaluate.state import fitted_score, score_inputs
-from vitqbench.metadata import ModelMetadata, model_sha256, model_size_bytes, read_metadata
-from vitqbench.ood.metrics import headline_fpr
 from vitqbench.runtime import CPU, ExecutionTarget, check_threads, execution_target
 
 SESSION_POLICY = "one ONNX Runtime session alive at a time"
 FIT = "fit"  # the name of the fit set in results
-VAL_ID, VAL_OOD = "val-id", "val-ood"  # the validation sets --tune searches score grids on
 
 
 @dataclass
@@ -71,6 +73,9 @@ class EvalConfig:
     seed: int = 0
     progress: bool = True
     decode_cache: bool = True  # keep decoded images under the cache root (False: decode every pass)
+    keep_outputs: bool = False  # logits and features in the results' samples (for --save-outputs)
+    executor: str = "inprocess"  # or "ray"
+    ray_address: str | None = None  # an existing Ray cluster; None: start a local one
 
 
 @dataclass
@@ -83,10 +88,75 @@ class _Model:
 class _Data:
     info: DatasetInfo
     dataset: Any
+    source: DataSource
 
 
-def run_eval(config: EvalConfig) -> EvalResults:
-    """Run (or fetch from the cache) every model x dataset cell and compute every metric."""
+def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResults:
+    """Plan every model x dataset cell, run the plan (``executor``: default from the config), aggregate."""
+    specs = _check(config)
+    cache_root = resolve_cache_dir(config.cache_dir)
+    failures: list[Failure] = []
+    warnings: list[str] = []
+    models = _load_models(config, failures)
+    if not models:
+        raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
+    _check_heads(models, specs)
+    dropped = dropped_feature_scores(config)
+    if dropped:
+        warnings.append(f"feature scores {', '.join(dropped)} skipped: they need --fit DATA (e.g. the ID training set)")
+    _assign_baselines(config, models, warnings)
+    datasets = _load_datasets(config, failures, warnings, needs_fit=any(s.create().needs_fit for s in specs))
+    id_data = next(d for d in datasets if d.info.role == "id")
+    fit_data = next((d for d in datasets if d.info.role == "fit"), None)
+    if fit_data is not None and fit_data.info.key == id_data.info.key:
+        warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
+    warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
+    with CellProgress(enabled=config.progress and config.executor == "inprocess") as progress:
+        own = executor is None
+        if own:
+            context = CellContext({d.source: d.dataset for d in datasets}, progress)
+            executor = make_executor(
+                config.executor, context, cache_root, config.ray_address, config.threads, config.progress
+            )
+        done: list[OutputsResult] | None = None
+        try:
+            outputs = executor.run(plan_outputs(config, models, datasets, cache_root))
+            done = [r for r in outputs if r is not None]
+            scores = executor.run(plan_scores(config, models, datasets, specs, done, cache_root))
+        except (KeyboardInterrupt, Interrupted) as exc:  # finished cells (and shards) stay in the cache
+            exc.cells_kept = getattr(exc, "cells_done", 0) if done is None else sum(r.ok for r in done)
+            raise
+        finally:
+            if own:
+                executor.close()
+    results = EvalResults(
+        models=[m.info for m in models],
+        datasets=[d.info for d in datasets],
+        scores=[_score_record(s) for s in specs],
+        id_metrics=[],
+        ood_metrics=[],
+        deltas=[],
+        failures=failures,
+        settings=_settings(config, executor.name),
+        versions=_versions(),
+        cache={"dir": str(cache_root)},
+        warnings=warnings,
+    )
+    aggregate(results, done, [s for s in scores if s is not None])
+    if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
+        reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
+        raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
+    if config.bench:
+        from vitqbench.evaluate.benching import bench_models
+
+        results.bench = bench_models(
+            results.models, config.target, config.threads, config.bench_options, config.progress, failures
+        )
+    return results
+
+
+def _check(config: EvalConfig) -> list[ScoreSpec]:
+    """Bad settings fail here, in one line, before any model or dataset is touched."""
     if not config.models:
         raise VitqbenchError("no models given (--model A.onnx ...)")
     if config.batch_size < 1:
@@ -111,87 +181,122 @@ def run_eval(config: EvalConfig) -> EvalResults:
         raise VitqbenchError("--tune needs --val-id DATA and --val-ood DATA (OpenOOD tunes on ID-val vs OOD-val)")
     if not config.tune and (config.val_id or config.val_ood):
         raise VitqbenchError("--val-id and --val-ood are read only with --tune")
-    # An unknown or missing provider is one error, not a failure per model.
+    # An unknown or missing provider, or executor, is one error, not a failure per cell.
     config.target = execution_target(config.target).check_available()
-    cache_root = resolve_cache_dir(config.cache_dir)
-    cache = OutputCache(cache_root)
-    failures: list[Failure] = []
-    warnings: list[str] = []
+    config.executor = config.executor.strip().lower()
+    if config.executor not in EXECUTORS:
+        raise VitqbenchError(f"unknown executor {config.executor!r}; choose one of {', '.join(EXECUTORS)}")
+    return specs
 
-    models = _load_models(config, failures)
-    if not models:
-        raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
-    _check_heads(models, specs)
-    dropped = dropped_feature_scores(config)
-    if dropped:
-        warnings.append(f"feature scores {', '.join(dropped)} skipped: they need --fit DATA (e.g. the ID training set)")
-    _assign_baselines(config, models, warnings)
-    datasets = _load_datasets(config, failures, warnings, needs_fit=bool(fit_specs))
-    id_data = next(d for d in datasets if d.info.role == "id")
-    fit_data = next((d for d in datasets if d.info.role == "fit"), None)
-    ood_data = [d for d in datasets if d.info.role == "ood"]
-    val_data = [d for d in datasets if d.info.role in (VAL_ID, VAL_OOD)]
-    if fit_data is not None and fit_data.info.key == id_data.info.key:
-        warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
-    warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
 
-    results = EvalResults(
-        models=[m.info for m in models],
-        datasets=[d.info for d in datasets],
-        scores=[
-            {
-                "name": s.label,
-                "score": s.name,
-                "params": s.create().params(),
-                "needs_fit": s.create().needs_fit,
-                "tunable": s.tunable,  # OpenOOD tunes it; --tune searches its grid
-            }
-            for s in specs
-        ],
-        id_metrics=[],
-        ood_metrics=[],
-        deltas=[],
-        failures=failures,
-        settings=_settings(config),
-        versions=_versions(),
-        cache={
-            "dir": str(cache_root),
-            "hits": 0,
-            "computed": 0,
-            "sessions": 0,
-            "samples_computed": 0,
-            "cells": {},
-        },
-        warnings=warnings,
-    )
-    run_data = [id_data, *([fit_data] if fit_data is not None else []), *ood_data, *val_data]
-    try:
-        with CellProgress(enabled=config.progress) as progress:
-            for model in models:
-                outputs = _model_outputs(config, model, run_data, cache, results, progress)
-                _score_model(config, model, specs, outputs, id_data, fit_data, ood_data, cache_root, results)
-                del outputs  # one model's outputs in memory at a time
-    except (KeyboardInterrupt, Interrupted) as exc:  # finished cells (and shards) stay in the cache
-        exc.cells_kept = results.cache["hits"] + results.cache["computed"]
-        raise
-    if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
-        reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
-        raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
-    for data in datasets:  # unreadable images are only known once decoded (or restored from a cache)
-        data.info.skipped = [(str(p), str(r)) for p, r in data.dataset.skipped]
-    results.deltas = compute_deltas(results.models, results.id_metrics, results.ood_metrics)
-    if config.bench:
-        from vitqbench.evaluate.benching import bench_models
+def _score_record(spec: ScoreSpec) -> dict[str, Any]:
+    score = spec.create()
+    return {
+        "name": spec.label,
+        "score": spec.name,
+        "params": score.params(),
+        "needs_fit": score.needs_fit,
+        "tunable": spec.tunable,  # OpenOOD tunes it; --tune searches its grid
+    }
 
-        results.bench = bench_models(
-            [m.info for m in models],
-            config.target,
-            config.threads,
-            config.bench_options,
-            config.progress,
-            failures,
+
+def plan_outputs(
+    config: EvalConfig, models: list[_Model], datasets: list[_Data], cache_root: Path
+) -> list[OutputsCell]:
+    """One cell per model x dataset (models outer, the ID set first); the others require the ID cell."""
+    order = {"id": 0, "fit": 1, "ood": 2, VAL_ID: 3, VAL_OOD: 4}
+    run_data = sorted(datasets, key=lambda d: order[d.info.role])
+    cells = []
+    for model in models:
+        id_key = None
+        for data in run_data:
+            key = outputs_key(model.info.sha256, data.info.key, config.target.tag)
+            cells.append(
+                OutputsCell(
+                    key=key,
+                    model=model.info.label,
+                    dataset=data.info.name,
+                    role=data.info.role,
+                    model_path=model.info.path,
+                    meta=model.meta,
+                    source=data.source,
+                    size=data.info.size,
+                    target=config.target,
+                    threads=config.threads,
+                    batch_size=config.batch_size,
+                    cache_root=cache_root,
+                    decode_cache=config.decode_cache,
+                    requires=(id_key,) if id_key else (),
+                )
+            )
+            id_key = id_key or key
+    return cells
+
+
+def plan_scores(
+    config: EvalConfig,
+    models: list[_Model],
+    datasets: list[_Data],
+    specs: list[ScoreSpec],
+    outputs: list[OutputsResult],
+    cache_root: Path,
+) -> list[ScoresCell]:
+    """One scores cell per model whose ID cell succeeded, over the outputs cells that succeeded."""
+    ok = {(r.model, r.dataset): r.key for r in outputs if r.ok}
+    id_name = next(d.info.name for d in datasets if d.info.role == "id")
+    fit_info = next((d.info for d in datasets if d.info.role == "fit"), None)
+    ood_names = [d.info.name for d in datasets if d.info.role == "ood"]
+    cells = []
+    for model in models:
+        label = model.info.label
+        if (label, id_name) not in ok:
+            continue
+        fit = (fit_info, ok[(label, fit_info.name)]) if fit_info and (label, fit_info.name) in ok else None
+        ood = [(name, ok[(label, name)]) for name in ood_names if (label, name) in ok]
+        val = [(name, ok[(label, name)]) for name in (VAL_ID, VAL_OOD) if config.tune and (label, name) in ok]
+        keys = [ok[(label, id_name)], *([fit[1]] if fit else []), *(k for _, k in ood), *(k for _, k in val)]
+        cells.append(
+            ScoresCell(
+                key=f"scores__{label}__" + "__".join([*keys, *(s.label for s in specs)]),
+                model=model.info,
+                specs=specs,
+                id=(id_name, ok[(label, id_name)]),
+                fit=fit,
+                ood=ood,
+                val=val if config.tune else None,
+                means=mean_members([d.info for d in datasets]),
+                cache_root=cache_root,
+                target_tag=config.target.tag,
+                keep_outputs=config.keep_outputs,
+            )
         )
-    return results
+    return cells
+
+
+def aggregate(results: EvalResults, outputs: list[OutputsResult], scores: list[ModelScores]) -> None:
+    """Fill ``results`` from the cells' results only: metrics rows, samples, failures, skipped images, deltas."""
+    seen = {(f.model, f.dataset, f.stage, f.message) for f in results.failures}
+    for failure in [r.failure for r in outputs if r.failure] + [f for s in scores for f in s.failures]:
+        if (failure.model, failure.dataset, failure.stage, failure.message) not in seen:  # one per model
+            seen.add((failure.model, failure.dataset, failure.stage, failure.message))
+            results.failures.append(failure)
+    for s in scores:
+        results.id_metrics += [s.id_metrics] if s.id_metrics is not None else []
+        results.ood_metrics += s.ood_metrics
+        results.samples.update(s.samples)
+        results.tuning += s.tuning
+    skipped: dict[str, dict[str, str]] = {}
+    for r in outputs:
+        skipped.setdefault(r.dataset, {}).update(dict(r.skipped))
+    for info in results.datasets:
+        info.skipped = sorted(skipped.get(info.name, {}).items())
+    results.cache.update(
+        hits=sum(r.cached for r in outputs),
+        computed=sum(r.ok and not r.cached for r in outputs),
+        sessions=sum(r.sessions for r in outputs),
+        samples_computed=sum(r.computed for r in outputs),
+    )
+    results.deltas = compute_deltas(results.models, results.id_metrics, results.ood_metrics)
 
 
 def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
@@ -204,7 +309,7 @@ def _load_models(config: EvalConfig, failures: list[Failure]) -> list[_Model]:
         try:
             meta = read_metadata(path)
         except VitqbenchError as exc:
-            failures.append(Failure(label, None, "load-model", str(exc)))
+            failures.append(Failure.of(label, None, "load-model", exc))
             continue
         info = ModelInfo(
             label=label,
@@ -321,15 +426,16 @@ def _load_datasets(
     loaded = []
     for spec, role, name in wanted:
         root = config.data_roots.get(role if role != "ood" else name, config.data_root)
+        source = DataSource(spec, Path(root) if root is not None else None, config.strict, config.seed)
         try:
             ds = load_dataset(spec, data_root=root, strict=config.strict, seed=config.seed)
             if len(ds) == 0:
                 raise VitqbenchError(f"{spec} holds no images")
         except Exception as exc:  # a broken OOD or fit set must not stop the other cells
-            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+            failure = Failure.of(None, name, "load-data", exc)
             if role == "id":  # without it nothing can be measured: stop before anything runs
-                raise VitqbenchError(f"ID set {name}: {message}") from exc
-            failures.append(Failure(None, name, "load-data", message))
+                raise VitqbenchError(f"ID set {name}: {failure.message}") from exc
+            failures.append(failure)
             continue
         class_names = getattr(ds, "class_names", None)
         info = DatasetInfo(
@@ -342,7 +448,7 @@ def _load_datasets(
             synthetic=bool(getattr(ds, "synthetic", False)),
             group=_group(config, name, ds, warnings) if role == "ood" else None,
         )
-        loaded.append(_Data(info, ds))
+        loaded.append(_Data(info, ds, source))
     return loaded
 
 
@@ -373,204 +479,7 @@ def _class_name_warnings(models: list[_Model], datasets: list[_Data]) -> list[st
     return out
 
 
-def _check_classes(meta: ModelMetadata, data: _Data) -> None:
-    """Labels the model cannot predict mean the wrong model or the wrong ID set: say which."""
-    from vitqbench.data import check_labels
-
-    if data.dataset.labels is not None:
-        check_labels(data.dataset, meta.num_classes)
-
-
-def _model_outputs(
-    config: EvalConfig,
-    model: _Model,
-    run_data: list[_Data],
-    cache: OutputCache,
-    results: EvalResults,
-    progress: CellProgress,
-) -> dict[str, Outputs]:
-    """This model's outputs on every dataset it can run on; failed cells are recorded and skipped."""
-    from vitqbench.runtime import create_session
-
-    label = model.info.label
-    outputs: dict[str, Outputs] = {}
-    session = None
-    for data in run_data:
-        name = data.info.name
-        key = outputs_key(model.info.sha256, data.info.key, config.target.tag)
-        try:
-            if data.info.role in {"id", "fit"}:
-                _check_classes(model.meta, data)
-            results.cache["cells"][f"{label}__{name}"] = key
-            cached = cache.get(key)
-            if cached is not None:
-                if data.dataset.strict and cached.skipped:  # outputs cached by a lenient run
-                    index, reason = min(cached.skipped.items())
-                    raise VitqbenchError(f"unreadable image {data.dataset.paths[index]} ({reason}); --strict")
-                data.dataset.skipped_reasons.update(cached.skipped)
-                results.cache["hits"] += 1
-                progress.log(f"{label} x {name}: cached")
-                outputs[name] = cached
-                continue
-        except VitqbenchError as exc:
-            results.failures.append(Failure(label, name, "check", str(exc)))
-            if data.info.role == "id":
-                break  # without ID outputs no metric of this model exists: spare its other cells
-            continue
-        if session is None:
-            try:
-                session = create_session(model.info.path, config.target, config.threads)
-            except VitqbenchError as exc:
-                results.failures.append(Failure(label, None, "load-model", str(exc)))
-                return outputs
-            results.cache["sessions"] += 1
-        try:
-            with progress.cell(f"{label} x {name}", data.info.size) as advance:
-                out, computed = run_cell(
-                    session,
-                    model.meta,
-                    data.dataset,
-                    cache,
-                    key,
-                    batch_size=config.batch_size,
-                    image_cache_dir=cache.dir.parent,  # the data part keeps its decode cache in ROOT/decoded
-                    decode_cache=config.decode_cache,
-                    on_batch=advance,
-                )
-        except (KeyboardInterrupt, SystemExit, DiskFull):  # a full disk would fail every later cell too
-            raise
-        except Exception as exc:  # one broken cell must not cost the others
-            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
-            results.failures.append(Failure(label, name, "inference", first_line(message)))
-            if data.info.role == "id":
-                break
-            continue
-        results.cache["samples_computed"] += computed
-        if computed:
-            results.cache["computed"] += 1
-        else:  # another run finished the cell while this one waited for its lock
-            results.cache["hits"] += 1
-        outputs[name] = out
-    return outputs
-
-
-def _score_model(
-    config: EvalConfig,
-    model: _Model,
-    specs: list[ScoreSpec],
-    outputs: dict[str, Outputs],
-    id_data: _Data | None,
-    fit_data: _Data | None,
-    ood_data: list[_Data],
-    cache_root: Path,
-    results: EvalResults,
-) -> None:
-    from vitqbench.ood import expected_calibration_error, mean_metrics, ood_metrics, topk_accuracy
-
-    label = model.info.label
-    if id_data is None or id_data.info.name not in outputs:
-        return
-    id_name = id_data.info.name
-    id_out = outputs[id_name]
-    n_classes = id_out.logits.shape[1]
-    if id_out.labels is not None:
-        results.id_metrics.append(
-            IdMetrics(
-                model=label,
-                dataset=id_name,
-                n=len(id_out),
-                top1=float(topk_accuracy(id_out.logits, id_out.labels, 1)),
-                top5=float(topk_accuracy(id_out.logits, id_out.labels, 5)) if n_classes >= 5 else None,
-                ece=float(expected_calibration_error(id_out.logits, id_out.labels)),
-            )
-        )
-    # The fit set too: with its features, every fitted score can be recomputed from --save-outputs.
-    for data in [id_data, *([fit_data] if fit_data is not None else []), *ood_data]:
-        if data.info.name in outputs:
-            out = outputs[data.info.name]
-            results.samples[(label, data.info.name)] = {
-                "labels": out.labels if out.labels is not None else np.full(len(out), -1, np.int64),
-                "predictions": np.argmax(out.logits, axis=1),
-                "paths": out.paths,
-            }
-    fit_out = outputs.get(fit_data.info.name) if fit_data is not None else None
-    ood_names = [d.info.name for d in ood_data]
-    for spec in specs:
-        try:
-            chosen = _tuned(config, spec, model, outputs, fit_out, results)
-        except Exception as exc:  # a score that cannot be tuned is a failed cell, with the reason
-            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
-            results.failures.append(Failure(label, VAL_OOD, f"tune {spec.label}", message))
-            continue
-        try:
-            score = fitted_score(
-                chosen, model.info, fit_data.info if fit_data else None, fit_out, cache_root, config.target.tag
-            )
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
-            results.failures.append(
-                Failure(label, fit_data.info.name if fit_data else None, f"fit {spec.label}", message)
-            )
-            continue
-        try:
-            id_scores = _score(score, model.info, id_out)
-        except Exception as exc:
-            results.failures.append(Failure(label, id_name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
-            continue
-        results.samples[(label, id_name)][spec.label] = id_scores
-        rows = []
-        for name in ood_names:
-            if name not in outputs:
-                continue
-            try:
-                ood_scores = _score(score, model.info, outputs[name])
-                m = ood_metrics(id_scores, ood_scores)
-            except Exception as exc:
-                results.failures.append(Failure(label, name, f"score {spec.label}", f"{type(exc).__name__}: {exc}"))
-                continue
-            results.samples[(label, name)][spec.label] = ood_scores
-            rows.append(OodResult(model=label, dataset=name, score=spec.label, **m.to_dict()))
-        results.ood_metrics.extend(rows)
-        by_set = {r.dataset: r for r in rows}
-        for mean, members in mean_members([d.info for d in ood_data]).items():
-            if not all(name in by_set for name in members):
-                continue  # a failed set would bias the mean: leave it out rather than mislead
-            group = mean_metrics([by_set[name] for name in members])
-            results.ood_metrics.append(OodResult(model=label, dataset=mean, score=spec.label, **group.to_dict()))
-
-
-def _tuned(
-    config: EvalConfig,
-    spec: ScoreSpec,
-    model: _Model,
-    outputs: dict[str, Outputs],
-    fit_out: Outputs | None,
-    results: EvalResults,
-) -> ScoreSpec:
-    """``spec`` with the values --tune chose on the validation sets (recorded in results.tuning)."""
-    if not config.tune or not spec.tunable:
-        return spec
-    from vitqbench.ood.tuning import tune_score
-
-    val = [outputs.get(name) for name in (VAL_ID, VAL_OOD)]
-    if None in val:
-        raise VitqbenchError("cannot tune: the validation sets' outputs are missing (see their failures)")
-    bundle = lambda out: None if out is None else score_inputs(spec.create(), model.info, out)  # noqa: E731
-    tuning = tune_score(spec.name, bundle(val[0]), bundle(val[1]), fit=bundle(fit_out), fixed=spec.params)
-    results.tuning.append({"model": model.info.label, "score": spec.label, **asdict(tuning)})
-    return ScoreSpec(spec.name, tuning.chosen)
-
-
-def _score(score: Any, model: ModelInfo, out: Outputs) -> np.ndarray:
-    values = np.asarray(score.score(score_inputs(score, model, out)), dtype=np.float64)
-    if values.shape != (len(out),):
-        raise VitqbenchError(f"score returned shape {values.shape} for {len(out)} samples")
-    return values
-
-
-def _settings(config: EvalConfig) -> dict[str, Any]:
+def _settings(config: EvalConfig, executor: str) -> dict[str, Any]:
     return {
         "id": config.id,
         "id_name": config.id_name or config.id,
@@ -586,6 +495,7 @@ def _settings(config: EvalConfig) -> dict[str, Any]:
         "data_root": str(config.data_root) if config.data_root else None,
         "seed": config.seed,
         "session_policy": SESSION_POLICY,
+        "executor": executor,
         "bench": config.bench,
         "fpr_convention": config.fpr_convention,
         "tune": config.tune,

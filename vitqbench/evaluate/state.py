@@ -9,9 +9,9 @@ from typing import Any
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import Outputs, outputs_key, score_state_key
-from vitqbench.evaluate.results import DatasetInfo, ModelInfo
 from vitqbench.evaluate.scoring import ScoreSpec
 from vitqbench.ood import load_score
+from vitqbench.results import DatasetInfo, ModelInfo
 
 
 def fitted_score(

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import EvalResults, Failure
 from vitqbench.evaluate.run import EvalConfig, run_eval
 from vitqbench.evaluate.sweep_config import (
     FP32,
@@ -33,7 +32,8 @@ from vitqbench.evaluate.sweep_config import (
     sweep_text,
     tuple_lists,
 )
-from vitqbench.files import check_output_dir, output_folder, safe_name, sha256_file, write_text_atomic
+from vitqbench.files import check_output_dir, safe_name, sha256_file, write_text_atomic
+from vitqbench.results import EvalResults, Failure
 from vitqbench.runtime import CPU, ExecutionTarget
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "SweepModel",
     "SweepOptions",
     "SweepPrecision",
-    "finish_sweep",
     "load_sweep_config",
     "parse_sweep",
     "preset_names",
@@ -66,9 +65,11 @@ class SweepOptions:
     fpr_convention: str = "openood"  # which FPR@95 tables lead with
     decode_cache: bool = True
     tune: bool | None = None  # overrides the study's
+    executor: str = "inprocess"  # or "ray"
+    ray_address: str | None = None
 
 
-def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
+def run_sweep(config: SweepConfig, options: SweepOptions, keep_outputs: bool = False) -> EvalResults:
     """Export and quantize what is missing, then evaluate every model file in one eval run."""
     from vitqbench.data import load_dataset
     from vitqbench.evaluate.cache import resolve_cache_dir
@@ -154,6 +155,9 @@ def run_sweep(config: SweepConfig, options: SweepOptions) -> EvalResults:
         tune=config.tune if options.tune is None else options.tune,
         val_id=_resolve(config.val_id, options.data_root) if config.val_id else None,
         val_ood=_resolve(config.val_ood, options.data_root) if config.val_ood else None,
+        keep_outputs=keep_outputs,
+        executor=options.executor,
+        ray_address=options.ray_address,
     )
     results = run_eval(eval_config)
     results.failures[:0] = failures
@@ -308,23 +312,3 @@ def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent
     )
 
 
-def finish_sweep(
-    config: SweepConfig,
-    options: SweepOptions,
-    save_outputs: bool = False,
-    console: Any = None,
-    plot_scores: str | None = None,
-) -> EvalResults:
-    """Run the sweep, write the combined report, print a summary; raise if any cell failed."""
-    from vitqbench.evaluate.summary import plot_score_labels, print_summary, raise_failures
-    from vitqbench.report import write_report
-
-    chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)
-    with output_folder(options.out):
-        results = run_sweep(config, options)
-        write_report(results, options.out, save_outputs=save_outputs, plot_scores=chosen)
-    if console is not None:
-        print_summary(results, console)
-        console.print(f"report: {options.out / 'report.md'}  (models in {options.out / 'models'})")
-    raise_failures(results, options.out)
-    return results

@@ -249,7 +249,7 @@ def _kind(value: Any) -> str:
 
 
 def _ref(value: Any, origin: str) -> DataRef:
-    from vitqbench.evaluate.results import OOD_GROUPS
+    from vitqbench.results import OOD_GROUPS
 
     if isinstance(value, str):
         return DataRef(value)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import EvalResults
 from vitqbench.files import write_text_atomic
 from vitqbench.report.markdown import render_html, render_report
 from vitqbench.report.outputs import write_outputs
 from vitqbench.report.plots import write_plots
 from vitqbench.report.tables import csv_rows, results_csv, results_json, write_tables
+from vitqbench.results import EvalResults
 
 
 def write_report(

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import METRICS, Delta, EvalResults, ModelInfo, mean_members, mean_title
 from vitqbench.ood import FPR_CONVENTIONS
 from vitqbench.report.document import Block, Bullets, Code, Heading, Image, Para, Strong, Table, to_html, to_markdown
 from vitqbench.report.plots import delta_metrics, model_label, ordered_ood_sets
+from vitqbench.results import METRICS, Delta, EvalResults, ModelInfo, mean_members, mean_title
 
 METRIC_TITLES = {name: f"{m.title} (%)" for name, m in METRICS.items()}
 # A relative change is only shown where the baseline is at least this large: below it, a few points

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import METRICS, OOD_GROUPS, EvalResults, ModelInfo, mean_title
 from vitqbench.files import atomic_path
 from vitqbench.ood import roc_curve
 from vitqbench.report.names import unique_slugs
+from vitqbench.results import METRICS, OOD_GROUPS, EvalResults, ModelInfo, mean_title
 
 
 def delta_metrics(results: EvalResults) -> tuple[str, ...]:
@@ -217,7 +217,7 @@ def delta_figure(results: EvalResults, mean: str):
 
 
 def _in_mean(results: EvalResults, name: str, mean: str) -> bool:
-    from vitqbench.evaluate.results import mean_members
+    from vitqbench.results import mean_members
 
     return name in mean_members(results.datasets).get(mean, [])
 

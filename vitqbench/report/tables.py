@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitqbench.evaluate.results import ID_METRICS, METRICS, OOD_METRICS, EvalResults
 from vitqbench.files import write_text_atomic
+from vitqbench.results import ID_METRICS, METRICS, OOD_METRICS, EvalResults
 
 JSON_SCHEMA = 1
 CSV_COLUMNS = [

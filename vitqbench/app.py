@@ -1,4 +1,5 @@
-"""Glue for the CLI and the demo: run, write the report, print a short summary, fail at the end."""
+"""The application layer of the CLI and the demo: run a study, write its report, print a short
+summary, fail at the end. The library below (evaluate, report) knows nothing of consoles or exit codes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from rich.console import Console
 from rich.table import Table
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.evaluate.results import MEAN, METRICS, OOD_GROUPS, EvalResults, mean_title
 from vitqbench.evaluate.run import EvalConfig, run_eval
+from vitqbench.evaluate.sweep import SweepConfig, SweepOptions, run_sweep
+from vitqbench.files import check_output_dir, output_folder
+from vitqbench.report import write_report
+from vitqbench.results import MEAN, METRICS, OOD_GROUPS, EvalResults, mean_title
 
 
 def parse_ood_args(items: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -63,11 +67,9 @@ def finish_run(
     plot_scores: str | None = None,
 ) -> EvalResults:
     """Run the eval, write every report file, print a summary; raise if any cell failed."""
-    from vitqbench.files import check_output_dir, output_folder
-    from vitqbench.report import write_report
-
     check_output_dir(out_dir)
     chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)  # before any model runs
+    config.keep_outputs = config.keep_outputs or save_outputs
     with output_folder(out_dir):
         results = run_eval(config)
         write_report(results, out_dir, save_outputs=save_outputs, plot_scores=chosen)
@@ -85,6 +87,25 @@ def plot_score_labels(plot_scores: str | None, scores: str | list[str] | None, w
 
     specs = parse_score_specs(scores) if scores else default_score_specs(with_fit)
     return select_plot_scores(plot_scores, [s.label for s in specs])
+
+
+def finish_sweep(
+    config: SweepConfig,
+    options: SweepOptions,
+    save_outputs: bool = False,
+    console: Console | None = None,
+    plot_scores: str | None = None,
+) -> EvalResults:
+    """Run the sweep, write the combined report, print a summary; raise if any cell failed."""
+    chosen = plot_score_labels(plot_scores, config.scores, config.fit is not None)
+    with output_folder(options.out):
+        results = run_sweep(config, options, keep_outputs=save_outputs)
+        write_report(results, options.out, save_outputs=save_outputs, plot_scores=chosen)
+    if console is not None:
+        print_summary(results, console)
+        console.print(f"report: {options.out / 'report.md'}  (models in {options.out / 'models'})")
+    raise_failures(results, options.out)
+    return results
 
 
 def raise_failures(results: EvalResults, out_dir: Path) -> None:

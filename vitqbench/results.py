@@ -1,7 +1,8 @@
 """The results of an eval run as plain dataclasses: what results.json, results.csv and report.md show.
 
-Per-sample arrays (scores, labels) ride along in ``EvalResults.samples`` for plots and
-``--save-outputs``; they are never written into results.json.
+Per-sample arrays (scores, labels, predictions, paths; logits and features when the run keeps them
+for ``--save-outputs``) ride along in ``EvalResults.samples`` for plots and saved outputs; they are
+never written into results.json. The report reads these objects only, never the eval cache.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.ood.metrics import (
     DEFAULT_FPR_CONVENTION,
     OOD_METRICS,
@@ -23,10 +25,25 @@ from vitqbench.ood.metrics import (
 )
 
 MEAN = "mean"  # the pseudo OOD set holding averages over the real (non-synthetic) OOD sets
+VAL_ID, VAL_OOD = "val-id", "val-ood"  # the validation sets --tune searches score grids on
 # OpenOOD v1.5 reports near-OOD and far-OOD separately; synthetic sets (noise) are a sanity check,
 # averaged on their own and never part of a headline mean.
 NEAR, FAR, SYNTHETIC = "near", "far", "synthetic"
 OOD_GROUPS = (NEAR, FAR, SYNTHETIC)
+# The columns of the latency table (records of vitqbench.bench, one per model and batch size).
+BENCH_COLUMNS = (
+    "model",
+    "precision",
+    "batch",
+    "threads",
+    "p50_ms",
+    "mean_ms",
+    "throughput_ips",
+    "speedup",
+    "peak_rss_mb",
+    "model_mb",
+    "status",
+)
 
 
 def group_mean(group: str) -> str:
@@ -123,6 +140,12 @@ class Failure:
     def describe(self) -> str:
         cell = " x ".join(p for p in (self.model, self.dataset) if p) or "run"
         return f"[{cell}] {self.stage}: {self.message}"
+
+    @classmethod
+    def of(cls, model: str | None, dataset: str | None, stage: str, exc: BaseException) -> Failure:
+        """The one way an exception becomes a failure record: our errors as written, others with their type."""
+        message = str(exc) if isinstance(exc, VitqbenchError) else f"{type(exc).__name__}: {exc}"
+        return cls(model, dataset, stage, first_line(message))
 
 
 @dataclass
