@@ -45,12 +45,12 @@ def test_readme_and_ci_use_the_same_install_texts():
 def test_unavailable_gpu_provider_names_the_swap():
     import onnxruntime as ort
 
-    from vitqbench.runtime import resolve_provider
+    from vitqbench.runtime import execution_target
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
     with pytest.raises(VitqbenchError, match=re.escape(SWAP_TO_GPU)):
-        resolve_provider("cuda")
+        execution_target("cuda").check_available()
 
 
 def test_missing_onnxruntime_is_one_line():

@@ -15,7 +15,7 @@ import pytest
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate import EvalConfig, run_eval
-from vitqbench.evaluate.cache import OutputCache
+from vitqbench.evaluate.cache import OutputCache, outputs_key
 from vitqbench.files import remove_stale_temps
 
 ID, OOD = "digits:test:n=40", {"noise": "noise:gaussian:n=20"}
@@ -58,7 +58,8 @@ def test_unreadable_outputs_entry_is_recomputed(warm, damage):
 def test_zero_length_shard_is_recomputed(warm):
     model, cache, first = warm
     outputs = OutputCache(cache)
-    key = first.cache["cells"][f"{first.models[0].label}__{ID}"]
+    id_key = next(d.key for d in first.datasets if d.role == "id")
+    key = outputs_key(first.models[0].sha256, id_key, first.settings["target"]["tag"])
     outputs.path(key).unlink()  # unfinished cell: one good shard, one empty one
     outputs.parts_dir(key).mkdir()
     (outputs.parts_dir(key) / "000000000.npz").write_bytes(b"")
