@@ -402,8 +402,11 @@ def test_tune_searches_each_tunable_grid_on_the_validation_sets(first_run, model
 
 
 def _cached_outputs(cache: Path, results, names) -> list[Path]:
-    label = results.models[0].label
-    return [cache / "outputs" / f"{results.cache['cells'][f'{label}__{name}']}.npz" for name in names]
+    from vitqbench.evaluate.cache import outputs_key
+
+    keys = {d.name: d.key for d in results.datasets}
+    tag = results.settings["target"]["tag"]
+    return [cache / "outputs" / f"{outputs_key(results.models[0].sha256, keys[name], tag)}.npz" for name in names]
 
 
 def test_without_tune_the_report_says_defaults_were_fixed(first_run):

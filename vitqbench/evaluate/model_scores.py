@@ -71,12 +71,12 @@ class ScoresCell:
         label, id_name = self.model.label, self.id[0]
         fit_info, fit_out = (self.fit[0], outputs[self.fit[0].name]) if self.fit else (None, None)
         try:
-            spec = self._tuned(spec, val, fit_out, result)
+            chosen = self._tuned(spec, val, fit_out, result)
         except Exception as exc:  # a score that cannot be tuned is a failed cell, with the reason
             result.failures.append(Failure.of(label, VAL_OOD, f"tune {spec.label}", exc))
             return
         try:
-            score = fitted_score(spec, self.model, fit_info, fit_out, self.cache_root, self.target_tag)
+            score = fitted_score(chosen, self.model, fit_info, fit_out, self.cache_root, self.target_tag)
         except Exception as exc:
             result.failures.append(Failure.of(label, fit_info.name if fit_info else None, f"fit {spec.label}", exc))
             return
