@@ -73,6 +73,16 @@ def test_scheme_record_and_outputs(quantized, tiny_onnx, scheme):
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < bound
 
 
+@pytest.mark.parametrize("scheme", ALL)
+def test_every_scheme_keeps_a_readable_head_close_to_the_float_one(quantized, tiny_onnx, scheme):
+    """ViM and ReAct read the head of the model they score: each scheme must leave one (its effective head)."""
+    from vitqbench.metadata import read_head
+
+    (w, b), (qw, qb) = read_head(tiny_onnx), read_head(quantized[scheme][1])
+    assert qw.shape == w.shape and qb.shape == b.shape
+    assert np.linalg.norm(qw - w) / np.linalg.norm(w) < 0.2
+
+
 def test_node_types_and_bit_widths(quantized):
     path = {s: quantized[s][1] for s in ALL}
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(_ops(path["w8a8"]))

@@ -34,40 +34,21 @@ def run_cell(
     """
     from vitqbench.data import iter_batches
 
+    tell = on_batch or (lambda n: None)
     with cache.lock(key):
         finished = cache.get(key)
         if finished is not None:
-            if on_batch is not None:
-                on_batch(len(finished))
+            tell(len(finished))
             return finished, 0
-        parts = cache.load_parts(key)
+        shards = _Shards(cache, key, dataset)
         done = np.zeros(len(dataset), dtype=bool)
-        for part in parts:
+        for part in shards.parts:
             done[part.indices] = True
-        if on_batch is not None and done.any():
-            on_batch(int(done.sum()))  # resumed from the shards of an interrupted run
+        if done.any():
+            tell(int(done.sum()))  # resumed from the shards of an interrupted run
         todo = np.flatnonzero(~done)
-        paths = np.asarray([str(p) for p in dataset.paths])
-        labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
         fetch = [meta.outputs["logits"], meta.outputs["features"]]
-        pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         computed = 0
-
-        def flush() -> None:
-            if not pending:
-                return
-            idx = np.concatenate([p[0] for p in pending])
-            part = Outputs(
-                logits=np.concatenate([p[1] for p in pending]),
-                features=np.concatenate([p[2] for p in pending]),
-                labels=None if labels is None else labels[idx],
-                paths=paths[idx],
-                indices=idx,
-            )
-            cache.save_part(key, part)
-            parts.append(part)
-            pending.clear()
-
         if len(todo):
             # A full pass (indices=None) is what lets the data part fill its decode cache for the next model.
             batches = iter_batches(
@@ -80,14 +61,41 @@ def run_cell(
                 cache=decode_cache,
             )
             for batch in batches:
-                images = np.ascontiguousarray(batch.images, dtype=np.float32)
-                logits, features = session.run(fetch, {meta.input_name: images})
+                logits, features = session.run(fetch, {meta.input_name: np.ascontiguousarray(batch.images, np.float32)})
                 idx = np.asarray(batch.indices, dtype=np.int64)
-                pending.append((idx, logits.astype(np.float32), features.astype(np.float32)))
+                shards.add(idx, logits, features)
                 computed += len(idx)
-                if on_batch is not None:
-                    on_batch(len(idx))
-                if sum(len(p[0]) for p in pending) >= SHARD_SAMPLES:
-                    flush()
-            flush()
-        return cache.finish(key, parts, dict(dataset.skipped_reasons)), computed
+                tell(len(idx))
+            shards.flush()
+        return cache.finish(key, shards.parts, dict(dataset.skipped_reasons)), computed
+
+
+class _Shards:
+    """A cell's outputs, saved to the cache every SHARD_SAMPLES samples, so a killed run resumes from there."""
+
+    def __init__(self, cache: OutputCache, key: str, dataset: Any):
+        self.cache, self.key = cache, key
+        self.parts = cache.load_parts(key)
+        self.paths = np.asarray([str(p) for p in dataset.paths])
+        self.labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, idx: np.ndarray, logits: np.ndarray, features: np.ndarray) -> None:
+        self.pending.append((idx, logits.astype(np.float32), features.astype(np.float32)))
+        if sum(len(p[0]) for p in self.pending) >= SHARD_SAMPLES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        idx = np.concatenate([p[0] for p in self.pending])
+        part = Outputs(
+            logits=np.concatenate([p[1] for p in self.pending]),
+            features=np.concatenate([p[2] for p in self.pending]),
+            labels=None if self.labels is None else self.labels[idx],
+            paths=self.paths[idx],
+            indices=idx,
+        )
+        self.cache.save_part(self.key, part)
+        self.parts.append(part)
+        self.pending.clear()

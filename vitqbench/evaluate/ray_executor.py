@@ -53,9 +53,9 @@ class RayExecutor:
             raise VitqbenchError("--executor ray needs Ray: pip install 'vitqbench[ray]'") from None
         self._ray = ray
         self._started = False
+        if address is not None:
+            _check_reachable(address)
         if not ray.is_initialized():
-            if address is not None:
-                _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             except Exception as exc:  # Ray's own ConnectionError and RuntimeError classes

@@ -10,9 +10,9 @@ full-precision model of its own family, which is evaluated even when [[precision
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
+import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ __all__ = [
     "sweep_text",
 ]
 
+
 # --------------------------------------------------------------------------------------------- running
 @dataclass
 class SweepOptions:
@@ -70,10 +71,10 @@ class SweepOptions:
 
 
 def run_sweep(config: SweepConfig, options: SweepOptions, keep_outputs: bool = False) -> EvalResults:
-    """Export and quantize what is missing, then evaluate every model file in one eval run."""
-    from vitqbench.data import load_dataset
+    """Export and quantize what is missing (file cells, on the study's executor), then evaluate every model file."""
     from vitqbench.evaluate.cache import resolve_cache_dir
-    from vitqbench.export.model import WeightsUnavailable, hub_reachable
+    from vitqbench.evaluate.cells import CellContext
+    from vitqbench.evaluate.executor import make_executor
 
     if options.data_root is not None and not options.data_root.is_dir():
         raise VitqbenchError(f"--data-root {options.data_root} is not a folder")
@@ -84,40 +85,147 @@ def run_sweep(config: SweepConfig, options: SweepOptions, keep_outputs: bool = F
     new_dirs = [d for d in (options.out, models_dir) if not d.exists()]  # removed again if nothing comes of it
     models_dir.mkdir(parents=True, exist_ok=True)
     cache_root = resolve_cache_dir(options.cache_dir)
-    failures: list[Failure] = []
-    paths: list[Path] = []
-    labels: list[str] = []
-    baseline_of: dict[str, str] = {}
-    calib, calib_root = _calib_source(config, options)
-    # The calibration set's content key, read once per run and only if a precision calibrates.
-    calib_key = functools.cache(lambda: load_dataset(calib, data_root=calib_root, seed=config.seed).key)
-    unavailable: list[str] = []  # pretrained weights that cannot be had: reported as one list
+    # One executor for the whole study: with Ray, eval's cells join the cluster these file cells started.
+    executor = make_executor(options.executor, CellContext(), cache_root, options.ray_address, options.threads)
+    try:
+        cells = plan_files(config, options, models_dir, cache_root)
+        files = [r for r in executor.run(cells) if r is not None]
+        failures = _file_failures(files)
+        made = [r for r in files if r.ok]
+        if not made:
+            for folder in reversed(new_dirs):  # a failed run leaves no empty folders behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            reasons = "; ".join(f.describe() for f in failures)
+            raise VitqbenchError("no model could be exported or quantized: " + reasons)
+        results = run_eval(_eval_config(config, options, made, cache_root, keep_outputs))
+    finally:
+        executor.close()
+    results.failures[:0] = failures
+    results.settings["sweep"] = {"name": config.name, "config": asdict(config)}
+    return results
+
+
+@dataclass
+class FileResult:
+    """What became of an export or quantize cell: the model file (label, path), or why there is none."""
+
+    key: str
+    label: str
+    path: Path
+    baseline: str | None = None  # the label of its family's fp32 model
+    failure: Failure | None = None
+    unavailable: str | None = None  # a pretrained name whose weights cannot be had (reported as one list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class ExportCell:
+    """timm -> ONNX for one [[models]] entry; an existing file with matching metadata is kept."""
+
+    key: str
+    model: SweepModel
+    path: Path
+    pretrained: bool
+    requires: tuple[str, ...] = ()
+    threads: int | None = 1
+
+    def failed(self, exc: BaseException, stage: str = "export") -> FileResult:
+        return FileResult(self.key, self.model.slug, self.path, failure=Failure.of(self.model.slug, None, stage, exc))
+
+    def run(self, ctx: Any) -> FileResult:
+        from vitqbench.export.model import WeightsUnavailable
+
+        label = f"{self.model.slug}.{FP32}"
+        try:
+            _ensure_export(self.model, self.path, self.pretrained)
+        except WeightsUnavailable as exc:
+            return dataclasses.replace(self.failed(exc), unavailable=self.model.name)
+        except VitqbenchError as exc:
+            return self.failed(exc)
+        return FileResult(self.key, label, self.path, baseline=label)
+
+
+@dataclass
+class QuantizeCell:
+    """One precision of one exported model; a file with the same recipe and parent is kept."""
+
+    key: str
+    label: str
+    fp32: Path
+    path: Path
+    precision: SweepPrecision
+    calib: DataRef | None  # resolved spec, and the folder an image list's paths start at
+    calib_size: int
+    seed: int
+    cache_root: Path
+    target: ExecutionTarget
+    progress: bool
+    requires: tuple[str, ...] = ()
+    threads: int | None = None
+
+    def failed(self, exc: BaseException, stage: str = "quantize") -> FileResult:
+        return FileResult(self.key, self.label, self.path, failure=Failure.of(self.label, None, stage, exc))
+
+    def run(self, ctx: Any) -> FileResult:
+        try:
+            _ensure_quantized(self, ctx)
+        except VitqbenchError as exc:
+            return self.failed(exc)
+        baseline = f"{self.label.rsplit('.', 1)[0]}.{FP32}"
+        return FileResult(self.key, self.label, self.path, baseline=baseline)
+
+
+def plan_files(
+    config: SweepConfig, options: SweepOptions, models_dir: Path, cache_root: Path
+) -> list[ExportCell | QuantizeCell]:
+    """Per model: its export cell, then one quantize cell per precision that requires it (plan order)."""
+    calib = _calib_source(config, options)
+    cells: list[ExportCell | QuantizeCell] = []
     for model in config.models:
         fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
-        try:
-            _ensure_export(model, fp32, options.pretrained, options.progress)
-        except WeightsUnavailable:
-            unavailable.append(model.name)
-            continue
-        except VitqbenchError as exc:
-            failures.append(Failure(f"{model.slug}", None, "export", str(exc)))
-            continue
-        family = []
+        pretrained = options.pretrained and model.pretrained and model.checkpoint is None
+        export = ExportCell(_key("export", asdict(model), pretrained, str(fp32)), model, fp32, pretrained)
+        cells.append(export)
         for precision in config.precisions:
             label = f"{model.slug}.{safe_name(precision.name)}"
-            path = fp32 if precision.scheme is None else models_dir / f"{label}.onnx"
-            if precision.scheme is not None:
-                try:
-                    _ensure_quantized(
-                        fp32, path, precision, calib, calib_root, calib_key, config, cache_root, options
-                    )
-                except VitqbenchError as exc:
-                    failures.append(Failure(label, None, "quantize", str(exc)))
-                    continue
-            family.append(label)
-            paths.append(path)
-            labels.append(label)
-        baseline_of.update({label: f"{model.slug}.{FP32}" for label in family})
+            if precision.scheme is None:
+                continue  # the exported model itself
+            recipe = (export.key, asdict(precision), calib and asdict(calib), config.calib_size, config.seed)
+            cells.append(
+                QuantizeCell(
+                    key=_key("quantize", *recipe, options.target.tag, label),
+                    label=label,
+                    fp32=fp32,
+                    path=models_dir / f"{label}.onnx",
+                    precision=precision,
+                    calib=calib,
+                    calib_size=config.calib_size,
+                    seed=config.seed,
+                    cache_root=cache_root,
+                    target=options.target,
+                    progress=options.progress and options.executor == "inprocess",
+                    requires=(export.key,),
+                    threads=options.threads,
+                )
+            )
+    return cells
+
+
+def _key(kind: str, *parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _file_failures(files: list[FileResult]) -> list[Failure]:
+    """Each failed file cell's failure; pretrained weights that cannot be had, as one line for all."""
+    from vitqbench.export.model import hub_reachable
+
+    failures = [r.failure for r in files if r.failure is not None and r.unavailable is None]
+    unavailable = [r.unavailable for r in files if r.unavailable is not None]
     if unavailable:
         reason = "no network" if not hub_reachable() else "offline or not published"
         message = (
@@ -125,15 +233,17 @@ def run_sweep(config: SweepConfig, options: SweepOptions, keep_outputs: bool = F
             "give `checkpoint = PATH` in [[models]], or --no-pretrained"
         )
         failures.insert(0, Failure(None, None, "export", message))
-    if not paths:
-        for folder in reversed(new_dirs):  # a failed run leaves no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise VitqbenchError("no model could be exported or quantized: " + "; ".join(f.describe() for f in failures))
-    eval_config = EvalConfig(
-        models=paths,
-        labels=labels,
-        baseline_of=baseline_of,
+    return failures
+
+
+def _eval_config(
+    config: SweepConfig, options: SweepOptions, made: list[FileResult], cache_root: Path, keep_outputs: bool
+) -> EvalConfig:
+    """The one eval run over every model file the sweep made, each quantized model against its family's fp32."""
+    return EvalConfig(  # plan order: each family's fp32 first (a quantize cell runs only after its export)
+        models=[r.path for r in made],
+        labels=[r.label for r in made],
+        baseline_of={r.label: r.baseline for r in made},
         id=_resolve(config.id, options.data_root),
         id_name=config.id_name,
         ood={name: _resolve(ref, options.data_root) for name, ref in config.ood.items()},
@@ -159,10 +269,6 @@ def run_sweep(config: SweepConfig, options: SweepOptions, keep_outputs: bool = F
         executor=options.executor,
         ray_address=options.ray_address,
     )
-    results = run_eval(eval_config)
-    results.failures[:0] = failures
-    results.settings["sweep"] = {"name": config.name, "config": asdict(config)}
-    return results
 
 
 def _check_id_set(config: SweepConfig, options: SweepOptions) -> None:
@@ -193,19 +299,18 @@ def _roots(config: SweepConfig, data_root: Path | None) -> dict[str, Path]:
     return {name: base / ref.root for name, ref in refs.items() if ref is not None and ref.root}
 
 
-def _calib_source(config: SweepConfig, options: SweepOptions) -> tuple[str | None, Path | None]:
-    """The calibration DATA for int8 (and gptq) and, for an image list, where its paths start."""
+def _calib_source(config: SweepConfig, options: SweepOptions) -> DataRef | None:
+    """The calibration DATA (resolved) and, for an image list, the folder its paths start at."""
     ref = config.calib or config.fit
     if ref is None:
-        return None, None
+        return None
     root = (options.data_root or Path(".")) / ref.root if ref.root else None
-    return _resolve(ref, options.data_root), root
+    return DataRef(_resolve(ref, options.data_root), str(root) if root else None)
 
 
-def _ensure_export(model: SweepModel, path: Path, pretrained: bool, progress: bool) -> None:
+def _ensure_export(model: SweepModel, path: Path, pretrained: bool) -> None:
     from vitqbench.export import export_model
 
-    pretrained = pretrained and model.pretrained and model.checkpoint is None
     checkpoint = Path(model.checkpoint).expanduser() if model.checkpoint else None
     if path.is_file() and _export_matches(path, model, pretrained, checkpoint):
         return
@@ -247,51 +352,44 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def _ensure_quantized(
-    fp32: Path,
-    path: Path,
-    precision: SweepPrecision,
-    calib: str | None,
-    calib_root: Path | None,
-    calib_key: Callable[[], str],
-    config: SweepConfig,
-    cache_root: Path,
-    options: SweepOptions,
-) -> None:
+def _ensure_quantized(cell: QuantizeCell, ctx: Any) -> None:
+    from vitqbench.evaluate.cells import DataSource
     from vitqbench.quant import CalibConfig, create_scheme, quantize_model
 
+    precision, calib = cell.precision, cell.calib
     scheme = create_scheme(precision.scheme, **tuple_lists(precision.options)).resolved(calib is not None)
     scheme.check()
+    calib_root = Path(calib.root) if calib and calib.root else None
     calib_config = (
         CalibConfig(
-            data=calib,
-            size=config.calib_size,
-            seed=config.seed,
-            cache_dir=cache_root,
+            data=calib.spec,
+            size=cell.calib_size,
+            seed=cell.seed,
+            cache_dir=cell.cache_root,
             data_root=calib_root,
-            target=options.target,
+            target=cell.target,
         )
         if calib and scheme.needs_calibration
         else None
     )
-    parent_sha = sha256_file(fp32)
+    parent_sha = sha256_file(cell.fp32)
     recipe = {
         "scheme": precision.scheme,
         "options": precision.options,
-        "calib": calib if calib_config else None,
+        "calib": calib.spec if calib_config else None,
         "calib_root": str(calib_root.resolve()) if calib_config and calib_root else None,
         # The content key: an edited folder or image list is a new calibration set.
-        "calib_key": calib_key() if calib_config else None,
-        "calib_size": config.calib_size,
-        "calib_target": options.target.tag if calib_config else None,
-        "seed": config.seed,
+        "calib_key": ctx.dataset(DataSource(calib.spec, calib_root, False, cell.seed)).key if calib_config else None,
+        "calib_size": cell.calib_size,
+        "calib_target": cell.target.tag if calib_config else None,
+        "seed": cell.seed,
         "parent_sha256": parent_sha,
     }
-    sidecar = path.with_name(path.name + ".recipe.json")
-    if path.is_file() and sidecar.is_file() and _quantized_matches(path, sidecar, recipe, parent_sha):
+    sidecar = cell.path.with_name(cell.path.name + ".recipe.json")
+    if cell.path.is_file() and sidecar.is_file() and _quantized_matches(cell.path, sidecar, recipe, parent_sha):
         return
-    quantize_model(fp32, path, scheme, calib=calib_config, progress=options.progress)
-    write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(path)}, indent=2, sort_keys=True))
+    quantize_model(cell.fp32, cell.path, scheme, calib=calib_config, progress=cell.progress)
+    write_text_atomic(sidecar, json.dumps({**recipe, "sha256": sha256_file(cell.path)}, indent=2, sort_keys=True))
 
 
 def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent_sha: str) -> bool:
@@ -310,5 +408,3 @@ def _quantized_matches(path: Path, sidecar: Path, recipe: dict[str, Any], parent
         and {k: saved.get(k) for k in recipe} == _plain(recipe)
         and saved.get("sha256") == sha256_file(path)
     )
-
-

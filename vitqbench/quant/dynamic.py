@@ -74,17 +74,21 @@ def _dynamic_head(model: onnx.ModelProto, meta: ModelMetadata) -> tuple[np.ndarr
     if meta.head is None:
         return None
     inits = {i.name: i for i in model.graph.initializer}
-    names = [f"{meta.head.weight}_{part}" for part in ("quantized", "scale", "zero_point")]
+    layout = meta.head.layout
+    stem = meta.head.weight
+    if f"{stem}_Transposed_quantized" in inits:  # ORT turned Gemm(transB=1) into MatMul of W^T
+        stem, layout = f"{stem}_Transposed", "in_out" if layout == "out_in" else "out_in"
+    names = [f"{stem}_{part}" for part in ("quantized", "scale", "zero_point")]
     if names[0] not in inits:
         return None  # the head stayed float
     if not all(n in inits for n in names):
         raise VitqbenchError("cannot read the quantized classifier head back from the dynamic model")
     q, scale, zero = (numpy_helper.to_array(inits[n]).astype(np.float32) for n in names)
-    axis = 1 if meta.head.layout == "in_out" else 0  # ORT's per-channel axis is the output channel
+    axis = 1 if layout == "in_out" else 0  # ORT's per-channel axis is the output channel
     shape = [1, 1]
     shape[axis] = -1
     weight = (q - zero.reshape(shape)) * scale.reshape(shape)
-    if meta.head.layout == "in_out":
+    if layout == "in_out":
         weight = weight.T
     bias = numpy_helper.to_array(inits[meta.head.bias]).astype(np.float32) if meta.head.bias in inits else None
     return weight, bias if bias is not None else np.zeros(weight.shape[0], np.float32)
