@@ -122,3 +122,54 @@ def test_onnx_runtime_prints_no_coloured_log_lines_while_loading(tmp_path, capfd
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # as the quantizer's own sessions do
     create_session(path)
     assert "\x1b[" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("dims", [[-32, 96], [2**40, 96]])
+def test_initializer_dims_that_do_not_match_their_data_are_one_line(tiny_onnx, tmp_path, run_cli, dims):
+    model = load_onnx(tiny_onnx)
+    weight = next(i for i in model.graph.initializer if len(i.dims) == 2)
+    weight.dims[:] = dims
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    out = tmp_path / "q.onnx"
+    one_line_error(run_cli("quantize", bad, "--bits", "4", "-o", out), f"initializer {weight.name!r}", "damaged")
+    assert not out.exists()
+
+
+def test_a_model_whose_every_output_is_nan_still_gets_a_report(tiny_onnx, tmp_path, run_cli):
+    """Quantization can break a model completely: the report is written, with its failures, and plots draw."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = load_onnx(tiny_onnx)
+    for output in model.graph.output:  # every output times NaN
+        raw = output.name + "_raw"
+        for node in model.graph.node:
+            node.output[:] = [raw if o == output.name else o for o in node.output]
+            node.input[:] = [raw if i == output.name else i for i in node.input]
+        model.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), output.name + "_nan"))
+        model.graph.node.append(helper.make_node("Mul", [raw, output.name + "_nan"], [output.name]))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    out = tmp_path / "out"
+    result = run_cli(
+        "eval", "-m", tiny_onnx, "-m", broken, "--id", "digits:test:n=30", "--fit", "digits:train:n=60",
+        "--ood", "noise=noise:gaussian:n=20", "--plot-scores", "all", "--no-progress", "-o", out,
+    )  # fmt: skip
+    assert result.code == 2 and "cell(s) failed" in result.stderr
+    report = (out / "report.md").read_text()
+    assert "fit mahalanobis" in report and "non-finite" in report
+    assert (out / "plots" / "roc_msp.png").stat().st_size > 0 and (out / "plots" / "hist_msp.png").stat().st_size > 0
+
+
+def test_an_ood_set_with_the_id_sets_images_is_warned_about(tiny_onnx, tmp_path):
+    from vitqbench.evaluate import EvalConfig, run_eval
+
+    config = EvalConfig(
+        models=[tiny_onnx], id="digits:test:n=30", ood={"same": "digits:test:n=30", "noise": "noise:gaussian:n=10"},
+        scores="msp", cache_dir=tmp_path / "c", progress=False,
+    )  # fmt: skip
+    warnings = run_eval(config).warnings
+    assert [w for w in warnings if "same images" in w] == [
+        "OOD set same holds the same images as the ID set: its AUROC is 50 % by design"
+    ]

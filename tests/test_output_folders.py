@@ -78,6 +78,22 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_killed_holder_frees_it
         pass
 
 
+def test_the_demo_holds_its_folder_from_the_start_and_the_lock_nests_in_one_process(tmp_path, run_cli):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = run_cli("demo", "--out", out, "--epochs", "1")  # refused before any training
+        assert result.code == 2 and f"is in use by pid {holder.pid}" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with files.output_folder(out), files.output_folder(out):  # the demo's eval inside the demo's hold
+        pass
+
+
 def test_the_probe_leaves_nothing_behind(tmp_path):
     with files.output_folder(tmp_path / "o") as out:
         assert sorted(p.name for p in out.iterdir()) == [files.LOCK_NAME]

@@ -21,7 +21,7 @@ from vitqbench.data.builtin import fashion_mnist_dir
 from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.evaluate import EvalConfig, EvalResults
 from vitqbench.export import export_model
-from vitqbench.files import check_output_dir, default_cache_dir
+from vitqbench.files import check_output_dir, default_cache_dir, output_folder
 from vitqbench.quant import create_scheme, quantize_model, scheme_options
 from vitqbench.quant.calibration import CalibConfig
 from vitqbench.train import DEFAULT_KWARGS, TrainConfig, train_model
@@ -120,13 +120,18 @@ def _checkpoint(config: DemoConfig, data: DemoData, console: Console) -> Path:
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> EvalResults:
-    console = console or Console(emoji=False)
-    start = time.perf_counter()
+    """Train, export, quantize and evaluate into ``config.out``, which stays locked for the whole run."""
     check_output_dir(config.out)
     check_seed(config.seed)
     if config.epochs is not None and config.epochs < 1:
         raise VitqbenchError(f"--epochs must be at least 1 (got {config.epochs})")
     data = demo_data(config.dataset, config.ood_size)
+    with output_folder(config.out):
+        return _run_demo(config, data, console or Console(emoji=False))
+
+
+def _run_demo(config: DemoConfig, data: DemoData, console: Console) -> EvalResults:
+    start = time.perf_counter()
     models = config.out / "models"
     models.mkdir(parents=True, exist_ok=True)
 

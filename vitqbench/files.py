@@ -62,6 +62,7 @@ def check_output_dir(path: str | Path) -> Path:
 
 
 LOCK_NAME = ".vitqbench.lock"
+_HELD: set[str] = set()  # output folders this process has locked
 
 
 @contextlib.contextmanager
@@ -73,6 +74,10 @@ def output_folder(path: str | Path) -> Iterator[Path]:
     killed, so it can never go stale.
     """
     path = check_output_dir(path)
+    held = os.path.realpath(path)
+    if held in _HELD:  # this process holds it already (the demo around its eval): nothing more to take
+        yield path
+        return
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -91,6 +96,7 @@ def output_folder(path: str | Path) -> Iterator[Path]:
             raise VitqbenchError(f"{path} is in use by pid {holder} (another vitqbench run writes there)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD.add(held)
         try:
             yield path
         except BaseException:
@@ -98,6 +104,8 @@ def output_folder(path: str | Path) -> Iterator[Path]:
                 (path / LOCK_NAME).unlink()
                 path.rmdir()
             raise
+        finally:
+            _HELD.discard(held)
     finally:
         os.close(fd)  # releases the lock
 

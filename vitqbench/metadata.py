@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from vitqbench.errors import VitqbenchError, first_line
 from vitqbench.files import sha256_file
@@ -257,7 +257,43 @@ def load_onnx(path: str | Path, load_weights: bool = True) -> onnx.ModelProto:
             onnx.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise VitqbenchError(f"{path}: cannot read its external data ({first_line(exc)})") from exc
+    if load_weights:
+        _check_initializers(path, model)
     return model
+
+
+# Fields holding one value per element (float16 and the small integer types pack theirs otherwise).
+_ONE_PER_ELEMENT = {"float_data", "double_data", "int64_data", "uint64_data"}
+
+
+def _check_initializers(path: Path, model: onnx.ModelProto) -> None:
+    """Each weight's shape must match the values it holds: a damaged file is one line, not a numpy error."""
+    for init in model.graph.initializer:
+        dims = list(init.dims)
+        if any(d < 0 for d in dims):
+            raise VitqbenchError(f"{path}: initializer {init.name!r} has a negative dimension {dims}; damaged file")
+        if init.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED) or init.external_data:
+            continue
+        count = math.prod(dims)
+        dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+        if init.HasField("raw_data"):
+            bits = 4 if init.data_type in _FOUR_BIT else 8 * dtype.itemsize
+            held, want = len(init.raw_data), (count * bits + 7) // 8
+        else:
+            field = helper.tensor_dtype_to_field(init.data_type)
+            if field not in _ONE_PER_ELEMENT:
+                continue
+            held, want = len(getattr(init, field)), count
+        if held != want:
+            raise VitqbenchError(
+                f"{path}: initializer {init.name!r} of shape {dims} holds {held} of the {want} values or bytes "
+                "it needs; the file is damaged"
+            )
+
+
+_FOUR_BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4} | (
+    {onnx.TensorProto.FLOAT4E2M1} if hasattr(onnx.TensorProto, "FLOAT4E2M1") else set()
+)
 
 
 def model_files(path: str | Path, model: onnx.ModelProto | None = None) -> list[Path]:

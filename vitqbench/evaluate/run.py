@@ -108,8 +108,7 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
     datasets = _load_datasets(config, failures, warnings, needs_fit=any(s.create().needs_fit for s in specs))
     id_data = next(d for d in datasets if d.info.role == "id")
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
-    if fit_data is not None and fit_data.info.key == id_data.info.key:
-        warnings.append("the fit set is the ID evaluation set: feature scores see the test samples")
+    warnings += _same_images_warnings(id_data, datasets)
     warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
     with CellProgress(enabled=config.progress and config.executor == "inprocess") as progress:
         own = executor is None
@@ -450,6 +449,19 @@ def _load_datasets(
         )
         loaded.append(_Data(info, ds, source))
     return loaded
+
+
+def _same_images_warnings(id_data: _Data, datasets: list[_Data]) -> list[str]:
+    """A fit or OOD set with the ID set's very images (same content key) makes the numbers meaningless."""
+    out = []
+    for data in datasets:
+        if data is id_data or data.info.key != id_data.info.key:
+            continue
+        if data.info.role == "fit":
+            out.append("the fit set is the ID evaluation set: feature scores see the test samples")
+        elif data.info.role == "ood":
+            out.append(f"OOD set {data.info.name} holds the same images as the ID set: its AUROC is 50 % by design")
+    return out
 
 
 def _classes_present(dataset: Any, class_names: list[str] | None) -> int | None:
