@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from vitqbench.data import iter_batches, load_dataset
@@ -131,6 +130,7 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=["schemes", "ablation", "ort"], default=["schemes", "ablation", "ort"]
     )
+    parser.add_argument("--fresh", action="store_true", help="recompute every row (default: keep WORK's JSON rows)")
     parser.add_argument("--tables", type=Path, help="only print the tables of an earlier (or partial) run's JSON")
     args = parser.parse_args()
     if args.tables:
@@ -150,10 +150,14 @@ def main() -> None:
     ref = outputs(fp32, batches)
     head = read_head(fp32)
     rows = {"fp32": evaluate(ref, ref, labels["id"], labels["fit"], head, oods)}
+    saved = args.work / "quant_schemes.json"
+    done = {} if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    rows.update({k: v for k, v in done.items() if k != "fp32"})  # resume: rows of an earlier run are kept
 
     def measure(label: str, path: Path, seconds: float, execution: str) -> None:
         outs = outputs(path, batches)
-        model_head = read_head(path) if _has_metadata(path) else head
+        # Plain ORT files carry our metadata but not the head readback: their ViM/ReAct use the fp32 head.
+        model_head = read_head(path) if execution != "emulated (plain ORT)" else head
         rows[label] = {
             **evaluate(outs, ref, labels["id"], labels["fit"], model_head, oods),
             "execution": execution,
@@ -178,25 +182,25 @@ def main() -> None:
         measure(label, path, time.perf_counter() - start, quantized.quantization["execution"])
 
     for label, config in jobs:
-        run(label, config)
+        if label not in rows:
+            run(label, config)
     if "ort" in args.only:
         calib = calibration_set(calib_config, meta.data_config)
         for method in ("minmax", "percentile"):
+            if f"ORT quantize_static W4A4 {method}" in rows:
+                continue
             path = args.work / f"ort_w4a4_{method}.onnx"
             start = time.perf_counter()
             ort_w4a4(fp32, path, calib, method)
-            measure(f"ORT quantize_static W4A4 {method}", path, time.perf_counter() - start, "emulated")
+            measure(f"ORT quantize_static W4A4 {method}", path, time.perf_counter() - start, "emulated (plain ORT)")
     if "ablation" in args.only:
         default = create_scheme("w4a4")
         ablation_jobs = [(f"ablation: {k}", dataclasses.replace(default, **v)) for k, v in ablation().items() if v]
         for label, config in ablation_jobs:
-            run(label, config)
+            if label not in rows:
+                run(label, config)
     (args.work / "quant_schemes.json").write_text(json.dumps(rows, indent=1))
     print_tables(rows)
-
-
-def _has_metadata(path: Path) -> bool:
-    return any(p.key == "vitqbench" for p in onnx.load(str(path), load_external_data=False).metadata_props)
 
 
 def print_tables(rows: dict) -> None:

@@ -123,8 +123,9 @@ def test_int8_head_is_the_dequantized_head(int8_model, tiny_onnx, calib_folder):
     weight, bias = read_head(int8_model)
     float_weight, float_bias = read_head(tiny_onnx)
     assert weight.shape == float_weight.shape and not np.array_equal(weight, float_weight)
-    # Per-channel symmetric int8: each row sits on its own grid of step max|row| / 127.
-    step = np.abs(float_weight).max(axis=1, keepdims=True) / 127
+    # Per-channel symmetric int8: each row sits on its own grid of step max|row| / 127 (/ 64 with reduce_range).
+    levels = 64 if meta.quantization["reduce_range"] else 127
+    step = np.abs(float_weight).max(axis=1, keepdims=True) / levels
     np.testing.assert_allclose(weight / step, np.round(weight / step), atol=1e-3)
     assert np.all(np.abs(weight - float_weight) <= step / 2 + 1e-6)
     np.testing.assert_allclose(bias, float_bias, atol=1e-3)
@@ -233,7 +234,7 @@ def test_matmul_add_head_is_read_back(tmp_path, calib_folder):
     quantize_model(fp32, int8, "w8a8", calib=CalibConfig(str(calib_folder), size=8), progress=False)
     weight, bias = read_head(int8)
     assert read_metadata(int8).head.weight == HEAD_WEIGHT and weight.shape == (5, 16)
-    step = np.abs(head_w.T).max(axis=1, keepdims=True) / 127
+    step = np.abs(head_w.T).max(axis=1, keepdims=True) / 64  # 7-bit weights: reduce_range is the default
     assert np.all(np.abs(weight - head_w.T) <= step / 2 + 1e-6)
     # The bias went through the Add's 8-bit input quantization: close to, not equal to, the float bias.
     np.testing.assert_allclose(bias, head_b, atol=0.02)

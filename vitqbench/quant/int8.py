@@ -71,6 +71,9 @@ class Int8Config(SchemeConfig):
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     percentile: float = 99.999
     quantize_ops: str = "matmul"
+    # 7-bit weights, so u8s8 integer GEMMs on CPUs without VNNI (AVX2's vpmaddubsw) cannot saturate:
+    # measured on a trained ViT, top-1 agreement 99.2 % -> 99.8 % on AVX2, no loss where nothing saturates.
+    reduce_range: bool = True
 
     name: ClassVar[str] = "w8a8"
     summary: ClassVar[str] = "int8 weights, uint8 static activations (ORT QDQ, calibrated)"
@@ -342,6 +345,7 @@ def quantize_int8(
                 per_channel=config.per_channel,
                 activation_type=ACTIVATION_TYPES[config.activation_type],
                 weight_type=QuantType.QInt8,
+                reduce_range=config.reduce_range,
                 nodes_to_exclude=excluded,
                 op_types_to_quantize=MATMUL_OPS if config.quantize_ops == "matmul" else None,
                 calibrate_method=CALIB_METHODS[config.calib_method],
@@ -360,6 +364,7 @@ def quantize_int8(
         "activation_type": config.activation_type,
         "per_channel": config.per_channel,
         "symmetric_activations": config.symmetric_activations,
+        "reduce_range": config.reduce_range,
         "calib_method": config.calib_method,
         **({"percentile": config.percentile} if config.calib_method == "percentile" else {}),
         "exclude": list(config.exclude),
