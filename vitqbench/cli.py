@@ -303,6 +303,27 @@ def quantize(
         )
 
 
+@app.command()
+def optimize(
+    model: Path = typer.Argument(..., help="A vitqbench ONNX file (fp32 or quantized)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the optimized graph."),
+    level: str = typer.Option(
+        "extended", "--level", help="ORT graph optimizations: basic|extended|all (all may be tied to this CPU)."
+    ),
+    provider: str = typer.Option("cpu", "--provider", help="The provider the graph is optimized for. " + PROVIDER_HELP),
+    provider_option: list[str] = typer.Option([], "--provider-option", help=PROVIDER_OPTION_HELP),
+) -> None:
+    """Save ONNX Runtime's optimized graph (the deployment artifact: no optimization at session start)."""
+    from vitqbench.quant.optimize import optimize_model
+
+    start = time.perf_counter()
+    meta = optimize_model(model, out, level, target_from(provider, provider_option))
+    console.print(
+        f"wrote {out}: {meta.display_name} {meta.precision}, ORT level {level} "
+        f"({out.stat().st_size / 2**20:.2f} MiB, {time.perf_counter() - start:.1f} s)"
+    )
+
+
 # ----------------------------------------------------------------------------------------------- bench
 @app.command()
 def bench(

@@ -133,6 +133,7 @@ class ModelMetadata:
     outputs: dict[str, str] = field(default_factory=lambda: {"logits": LOGITS, "features": FEATURES})
     opset: int | None = None
     quantization: dict[str, Any] | None = None  # None for a full-precision model
+    optimization: dict[str, Any] | None = None  # ORT's saved optimized graph (level, ORT version); None: as written
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -206,6 +207,7 @@ _FIELDS = (  # (name, JSON type, required) of the metadata document
     ("outputs", dict, False),
     ("opset", int, False),
     ("quantization", dict, False),
+    ("optimization", dict, False),
 )
 _KIND_NAMES = {str: "a string", dict: "an object", int: "a whole number", list: "a list"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,36 @@ def check_threads(threads: int | None, what: str = "--threads") -> None:
     cores = available_cores()
     if not 1 <= threads <= cores:
         raise VitqbenchError(f"{what} must be in 1..{cores} (the cores available here), got {threads}")
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# The CPU features ORT's int8/int4 kernels dispatch on: without VNNI, u8s8 GEMMs use AVX2's saturating
+# vpmaddubsw (hence w8a8's reduce_range), with AMX or AVX512-VNNI they take faster paths.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
+
+
+def cpu_features() -> dict[str, object]:
+    """The SIMD flags above that this CPU has, and its clock (MHz, as /proc/cpuinfo reports it)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return {"simd": None, "mhz": None}
+    flags: set[str] = set()
+    mhz = None
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and not flags:
+            flags = set(value.split())
+        elif key.strip() == "cpu MHz" and mhz is None:
+            mhz = float(value)
+    return {"simd": [f for f in SIMD_FLAGS if f in flags], "mhz": mhz}
 
 
 def physical_cores() -> int:

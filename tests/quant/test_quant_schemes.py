@@ -249,3 +249,40 @@ def test_bench_marks_emulated_models(quantized):
     assert [r.note for r in records] == [EMULATED_NOTE, None]
     _, rows = table(records)
     assert rows[0][1] == f"w4a4 ({EMULATED_NOTE})" and rows[1][1] == "w8a8"
+
+
+@pytest.mark.parametrize("scheme", ["fp32", *ALL])
+def test_the_optimized_graph_keeps_outputs_metadata_and_head(quantized, tiny_onnx, tmp_path, scheme):
+    from vitqbench.metadata import read_head
+    from vitqbench.quant.optimize import optimize_model
+
+    source = tiny_onnx if scheme == "fp32" else quantized[scheme][1]
+    out = tmp_path / "opt.onnx"
+    meta = optimize_model(source, out, "extended")
+    assert read_metadata(out) == meta and meta.optimization["level"] == "extended"
+    assert meta.quantization == read_metadata(source).quantization and meta.precision == scheme
+    x = _inputs(source)
+    tol = 1e-3 if scheme == "fp16" else 1e-5  # float16 sums in another order once fused
+    for want, got in zip(_outputs(source, x), _outputs(out, x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    for want, got in zip(read_head(source), read_head(out), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_optimized_w8a8_runs_integer_kernels_and_bad_input_is_one_line(quantized, tiny_onnx, tmp_path, run_cli):
+    from clihelpers import one_line_error
+
+    out = tmp_path / "w8a8.opt.onnx"
+    assert run_cli("optimize", quantized["w8a8"][1], "-o", out, "--level", "all").code == 0
+    ops = set(_ops(out))
+    assert ops & {"QGemm", "QLinearMatMul", "MatMulIntegerToFloat"} and "MatMul" not in ops
+    assert read_metadata(out).optimization["cpu"]  # level all may be tied to this CPU: the record says which
+    one_line_error(run_cli("optimize", out, "-o", tmp_path / "again.onnx"), "already an optimized graph")
+    one_line_error(run_cli("optimize", tiny_onnx, "-o", tmp_path / "x.onnx", "--level", "fast"), "unknown --level")
+    model = load_onnx(tiny_onnx)  # an op no provider implements
+    model.graph.node[0].domain = "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    alien = tmp_path / "alien.onnx"
+    onnx.save(model, str(alien))
+    one_line_error(run_cli("optimize", alien, "-o", tmp_path / "y.onnx"), "ONNX Runtime cannot optimize")
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()

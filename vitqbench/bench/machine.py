@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from vitqbench.bench.memory import nvidia_smi
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+from vitqbench.runtime import cpu_features, cpu_model
 
 
 def _version(package: str) -> str | None:
@@ -33,6 +24,8 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "cpu_simd": cpu_features()["simd"],
+        "cpu_mhz": cpu_features()["mhz"],
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),

@@ -131,10 +131,11 @@ def caption(result: BenchResult) -> str:
     """How the numbers were taken, in one line under the table."""
     s, m = result.settings, result.machine
     how = f"{s['iters']} iters" if s.get("seconds") is None else f"{s['seconds']} s"
+    simd = ", ".join(m.get("cpu_simd") or []) or "SIMD flags unknown"
     return (
         f"{s['provider']} provider, {s['threads']} threads, {how} in {s['rounds']} interleaved rounds "
         f"after {s['warmup']} warm-up, ORT spinning off, io_binding={'on' if s['io_binding'] else 'off'}; "
-        f"speed-up = first model's p50 / p50; {m['cpu_model']}, ORT {m['onnxruntime']}"
+        f"speed-up = first model's p50 / p50; {m['cpu_model']} ({simd}), ORT {m['onnxruntime']}"
     )
 
 
