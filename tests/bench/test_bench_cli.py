@@ -61,3 +61,20 @@ def test_unavailable_provider_lists_the_available_ones(run_cli, tiny_onnx):
     res = run_cli("bench", tiny_onnx, "--provider", "cuda")
     assert res.code != 0
     assert "not available" in res.stderr and "CPUExecutionProvider" in res.stderr
+
+
+def test_the_gpu_benchmark_says_in_one_line_that_there_is_no_gpu_provider():
+    """benchmarks/gpu.py is for a GPU machine: on a CPU-only onnxruntime it measures nothing, in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU provider is available here")
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "error: no GPU provider in this onnxruntime (CUDA or TensorRT): "
+        "pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu>=1.20'"
+    ]
