@@ -37,7 +37,7 @@ def test_pretrained_load_without_network_fails_in_seconds(no_network):
         build_model("deit_tiny_patch16_224.fb_in1k")
     elapsed = time.perf_counter() - start
     assert no_network == ["huggingface.co"]  # the one probe; the hub itself never retried
-    assert elapsed < 45  # generous for a loaded machine; the hub's retries alone took 57 s here
+    assert elapsed < 5  # the bound (0.7 s measured with two benchmarks running); the hub's retries took 57 s
     with pytest.raises(WeightsUnavailable, match="no network"):  # the probe's answer is kept
         build_model("deit_tiny_patch16_224.fb_in1k")
     assert len(no_network) == 1
