@@ -155,3 +155,20 @@ def test_decoded_images_is_the_cache(with_truncated, tmp_path):
     _, indices, normalized = _collect(load_dataset(str(with_truncated)), tmp_path)
     expected = (images[indices].astype(np.float32) / 255 - 0.5) / 0.5
     np.testing.assert_allclose(normalized, expected.transpose(0, 3, 1, 2), atol=1e-6)
+
+
+def test_a_ctrl_c_while_decode_workers_start_waits_for_them_then_interrupts():
+    """A worker still starting when the parent exits prints a FileNotFoundError traceback: Ctrl-C waits for all."""
+    import signal
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=2)
+    threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()  # during start-up
+    try:
+        with pytest.raises(KeyboardInterrupt):  # the default handler's, raised after the wait
+            stream_module._wait_started(pool, 2)
+        assert len(pool._processes) == 2 and all(p.is_alive() for p in pool._processes.values())
+    finally:
+        pool.shutdown(wait=True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

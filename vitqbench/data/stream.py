@@ -124,7 +124,54 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     # mid-flight. Preloading __main__ once in the server spares every worker re-importing the script.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["__main__", __name__])
+    _start_forkserver()
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, **init)
+
+
+def _ready() -> None:
+    """A task that only proves its worker is up."""
+
+
+def _wait_started(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Every worker up before a Ctrl-C may end this process.
+
+    A worker still unpickling its start-up state when the parent exits dies with a
+    FileNotFoundError traceback (its semaphore is gone); so a Ctrl-C is held back until all
+    ``workers`` have started (``workers`` tasks at once make the pool spawn that many), then raised.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        for future in [pool.submit(_ready) for _ in range(workers)]:
+            future.result()
+        return
+    interrupted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        for future in [pool.submit(_ready) for _ in range(workers)]:
+            future.result()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:  # as the process would have: the handler it had (the CLI's one-line exit), else the default
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        raise KeyboardInterrupt
+
+
+def _start_forkserver() -> None:
+    """Start the fork server with Ctrl-C ignored (inherited across its exec).
+
+    The server ignores SIGINT only once its preload imports are done; a Ctrl-C to the process group
+    in those first seconds would print its KeyboardInterrupt traceback beside our one line.
+    """
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _decoded_chunks(
@@ -142,6 +189,7 @@ def _decoded_chunks(
     pool = _pool(workers)
     pending: deque[tuple[np.ndarray, Future]] = deque()
     try:
+        _wait_started(pool, workers)
         for idx in chunks:
             pending.append((idx, pool.submit(decode_chunk, [sources[i] for i in idx], geometry)))
             if len(pending) >= 2 * workers:
