@@ -37,8 +37,8 @@ def test_readme_and_ci_use_the_same_install_texts():
     readme = (ROOT / "README.md").read_text()
     for text in (INSTALL_GPU, SWAP_TO_GPU):
         assert text in readme
-    assert "pip install -e '.[cpu,dev,ray]'" in readme
-    assert "pip install -e '.[cpu,dev,ray]'" in (ROOT / ".ci" / "run").read_text()
+    assert "pip install -e '.[cpu,dev,ray,openvino]'" in readme
+    assert "pip install -e '.[cpu,dev,ray,openvino]'" in (ROOT / ".ci" / "run").read_text()
     assert INSTALL_CPU.removesuffix("]'") in readme
 
 

@@ -22,7 +22,9 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINO",  # not an ORT provider: OpenVINO's own runtime on the CPU (extra `openvino`)
 }
+OPENVINO_INSTALL = "pip install -e '.[openvino]' (or pip install openvino)"
 
 
 def available_cores() -> int:
@@ -75,7 +77,10 @@ def physical_cores() -> int:
 
 @dataclass(frozen=True)
 class ExecutionTarget:
-    """Where models run: an ORT provider (``cpu|cuda|tensorrt``) with its provider options.
+    """Where models run: an ORT provider (``cpu|cuda|tensorrt``) or OpenVINO's CPU runtime, with options.
+
+    ``openvino`` runs the same ONNX files on OpenVINO (its options are ``compile_model`` properties);
+    the others are ONNX Runtime providers with ORT provider options.
 
     Made once (``execution_target``) and passed wherever a model runs; ``tag`` is what cache keys
     hold, so ``CPU`` and ``cpu`` share entries and different provider options never do.
@@ -91,7 +96,11 @@ class ExecutionTarget:
     @property
     def device(self) -> str:
         """``cpu`` or ``gpu``: what a scheduler must reserve for a model running here."""
-        return "cpu" if self.name == "cpu" else "gpu"
+        return "cpu" if self.name in ("cpu", "openvino") else "gpu"
+
+    @property
+    def runtime(self) -> str:
+        return "openvino" if self.name == "openvino" else "onnxruntime"
 
     @property
     def tag(self) -> str:
@@ -104,6 +113,8 @@ class ExecutionTarget:
     @property
     def providers(self) -> list[tuple[str, dict[str, str]]]:
         """ORT's ``providers=[(name, options), ...]``: this one first, then CPU for ops it lacks."""
+        if self.runtime != "onnxruntime":
+            raise VitqbenchError(f"{self.name} is not an ONNX Runtime provider; this step runs on ONNX Runtime")
         chain = [(self.provider, dict(self.options))]
         if self.name == "tensorrt" and PROVIDERS["cuda"] in ort.get_available_providers():
             chain.append((PROVIDERS["cuda"], {}))  # nodes TensorRT rejects should stay on the GPU
@@ -113,6 +124,12 @@ class ExecutionTarget:
 
     def check_available(self) -> ExecutionTarget:
         """Fail with one line when this ONNX Runtime build lacks the provider; returns self."""
+        if self.runtime == "openvino":
+            try:
+                import openvino  # noqa: F401
+            except ImportError:
+                raise VitqbenchError(f"provider openvino needs OpenVINO: {OPENVINO_INSTALL}") from None
+            return self
         available = ort.get_available_providers()
         if self.provider not in available:
             hint = f" (the GPU wheel replaces the CPU one: {SWAP_TO_GPU})" if self.name != "cpu" else ""
@@ -176,9 +193,46 @@ def create_session(
     if not path.is_file():
         raise VitqbenchError(f"no such file: {path}")
     target = execution_target(target).check_available()
+    if target.runtime == "openvino":
+        return OpenVinoSession(path, threads, target.options)
     try:
         return ort.InferenceSession(
             str(path), sess_options=session_options(threads, allow_spinning), providers=target.providers
         )
     except Exception as exc:  # ORT raises its own exception classes with multi-line messages
         raise VitqbenchError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from exc
+
+
+class OpenVinoSession:
+    """An OpenVINO compiled model behind the few ``InferenceSession`` methods vitqbench uses."""
+
+    def __init__(self, path: Path, threads: int | None = None, options: Mapping[str, str] | None = None):
+        import openvino as ov
+
+        threads = threads or physical_cores()
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, **(options or {})}
+        core = ov.Core()
+        try:
+            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as exc:  # OpenVINO's RuntimeError carries a multi-line report naming the op
+            raise VitqbenchError(f"OpenVINO cannot load {path}: {first_line(exc)}") from exc
+        self._request = self._compiled.create_infer_request()
+        self._outputs = {o.get_any_name(): o for o in self._compiled.outputs}
+
+    def run(self, names: list[str] | None, feeds: dict[str, Any]) -> list[Any]:
+        results = self._request.infer(feeds)
+        return [results[self._outputs[name]] for name in (names or list(self._outputs))]
+
+    def get_inputs(self) -> list[Any]:
+        return [_Arg(i.get_any_name()) for i in self._compiled.inputs]
+
+    def get_outputs(self) -> list[Any]:
+        return [_Arg(name) for name in self._outputs]
+
+    def get_providers(self) -> list[str]:
+        return ["OpenVINO-CPU"]
+
+
+@dataclass(frozen=True)
+class _Arg:
+    name: str

@@ -33,6 +33,7 @@ def machine_info(gpu: bool = False) -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": ",".join(onnxruntime.get_available_providers()),
+        "openvino": _version("openvino"),
         "numpy": _version("numpy"),
         "torch": _version("torch"),
         "timm": _version("timm"),

@@ -132,10 +132,13 @@ def caption(result: BenchResult) -> str:
     s, m = result.settings, result.machine
     how = f"{s['iters']} iters" if s.get("seconds") is None else f"{s['seconds']} s"
     simd = ", ".join(m.get("cpu_simd") or []) or "SIMD flags unknown"
+    openvino = s["provider"] == "openvino"
+    runtime = f"OpenVINO {m.get('openvino')}" if openvino else f"ORT {m['onnxruntime']}"
+    spinning = "OpenVINO's own threading" if openvino else "ORT spinning off"
     return (
         f"{s['provider']} provider, {s['threads']} threads, {how} in {s['rounds']} interleaved rounds "
-        f"after {s['warmup']} warm-up, ORT spinning off, io_binding={'on' if s['io_binding'] else 'off'}; "
-        f"speed-up = first model's p50 / p50; {m['cpu_model']} ({simd}), ORT {m['onnxruntime']}"
+        f"after {s['warmup']} warm-up, {spinning}, io_binding={'on' if s['io_binding'] else 'off'}; "
+        f"speed-up = first model's p50 / p50; {m['cpu_model']} ({simd}), {runtime}"
     )
 
 

@@ -36,6 +36,8 @@ def optimize_model(
     if out_path.resolve() == in_path.resolve():
         raise VitqbenchError("the output would overwrite the input; choose another -o path")
     target = execution_target(target).check_available()
+    if target.runtime != "onnxruntime":
+        raise VitqbenchError(f"optimize saves ONNX Runtime's graph; --provider {target.name} has none to save")
     source = load_onnx(in_path)
     meta = get_metadata(source, origin=str(in_path))
     if meta.optimization:
