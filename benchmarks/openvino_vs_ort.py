@@ -58,7 +58,7 @@ def main() -> None:
                     p50.setdefault((provider, r.path, r.batch), []).append(r.p50_ms)
     med = {k: statistics.median(v) for k, v in p50.items()}
     ref = str(args.models[0])
-    header = "| file | batch | ORT p50 ms (x ORT fp32) | OpenVINO p50 ms (x ORT fp32) | OpenVINO / ORT | max rel. diff |"
+    header = "| file | batch | ORT p50 ms (x ORT fp32) | OpenVINO p50 ms (x ORT fp32) | OV / ORT | max rel. diff |"
     print("\n" + header)
     print("|---|---|---|---|---|---|")
     for path in args.models:
