@@ -96,6 +96,9 @@ def export(
     std: str | None = typer.Option(None, help="Override normalization std: one value or one per channel."),
     interpolation: str | None = typer.Option(None, help="Override resize interpolation (bicubic, bilinear)."),
     crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (timm's crop_pct, 0.1-2)."),
+    attention: bool = typer.Option(
+        False, "--attention", help="Also output each block's class-token attention and per-head attention entropy."
+    ),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""
     from vitqbench.export import export_model
@@ -114,6 +117,7 @@ def export(
         std=parse_floats(std, "--std"),
         interpolation=interpolation,
         crop_pct=crop_pct,
+        attention=attention,
     )
     meta, check = result.metadata, result.verification
     console.print(

@@ -27,6 +27,8 @@ METADATA_KEY = "vitqbench"
 SCHEMA_VERSION = 1
 LOGITS = "logits"
 FEATURES = "features"
+ATTN_CLS = "attn_cls"  # --attention: per block, the class token's attention over tokens, mean over heads [B, depth, N]
+ATTN_ENTROPY = "attn_entropy"  # per block and head, the mean over queries of each row's entropy [B, depth, heads]
 INPUT = "pixel_values"
 
 

@@ -18,7 +18,7 @@ from vitqbench.errors import VitqbenchError, check_seed, first_line
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
 from vitqbench.files import atomic_path, check_output_file
-from vitqbench.metadata import FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
+from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
 from vitqbench.runtime import create_session
 
 
@@ -38,6 +38,48 @@ class LogitsAndFeatures(torch.nn.Module):
         else:  # e.g. distilled DeiT: logits average two heads over two different tokens
             logits = self.model.forward_head(tokens)
         return logits, features
+
+
+class _Capture(torch.nn.Module):
+    """Stands in for an attention's dropout (identity at inference), keeping the probabilities it is given."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        self.seen.append(probs)
+        return self.inner(probs)
+
+
+class WithAttention(LogitsAndFeatures):
+    """Logits and features, plus each block's attention summaries (timm's unfused attention path).
+
+    ``attn_cls`` [B, depth, N]: the class token's attention over all tokens, mean over heads;
+    ``attn_entropy`` [B, depth, heads]: each head's attention entropy (nats), mean over queries.
+    """
+
+    def __init__(self, model: torch.nn.Module, linear_head: bool):
+        super().__init__(model, linear_head)
+        blocks = getattr(model, "blocks", None)
+        attns = [getattr(b, "attn", None) for b in blocks] if blocks is not None else []
+        if not attns or not all(hasattr(a, "fused_attn") and hasattr(a, "attn_drop") for a in attns):
+            raise VitqbenchError("--attention needs a ViT whose blocks use timm's Attention (blocks[i].attn)")
+        self.captures = []
+        for attn in attns:
+            attn.fused_attn = False  # the fused kernel never materializes the probabilities
+            attn.attn_drop = _Capture(attn.attn_drop)
+            self.captures.append(attn.attn_drop)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        for capture in self.captures:
+            capture.seen.clear()
+        logits, features = super().forward(pixel_values)
+        probs = [capture.seen[-1] for capture in self.captures]  # [B, heads, N, N] each
+        cls = torch.stack([p[:, :, 0, :].mean(dim=1) for p in probs], dim=1)
+        entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean(-1) for p in probs], dim=1)
+        return logits, features, cls, entropy
 
 
 @dataclass
@@ -97,7 +139,7 @@ def _head_ref(proto: onnx.ModelProto, head: torch.nn.Linear) -> HeadRef | None:
     return HeadRef(weight=found[0], bias=bias_name, layout="in_out" if found[1] else "out_in")
 
 
-def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -105,7 +147,7 @@ def _to_onnx(wrapper: torch.nn.Module, example: torch.Tensor, opset: int) -> onn
             wrapper,
             (example,),
             input_names=[INPUT],
-            output_names=[LOGITS, FEATURES],
+            output_names=outputs,
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             dynamo=True,
@@ -128,18 +170,21 @@ def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
 def verify_onnx(
     path: Path, wrapper: torch.nn.Module, input_shape: tuple[int, ...], tolerance: float, seed: int = 0
 ) -> Verification:
-    """Compare ONNX Runtime with PyTorch on random batches of 1 and 3 images."""
+    """Compare ONNX Runtime with PyTorch on random batches of 1 and 3 images (attention outputs count as features)."""
     session = create_session(path, threads=None)
+    names = [o.name for o in session.get_outputs()]
     generator = torch.Generator().manual_seed(seed)
     worst_logits = worst_features = 0.0
     agree = total = 0
     for batch in (1, 3):
         x = torch.randn((batch, *input_shape), generator=generator)
         with torch.no_grad():
-            ref_logits, ref_features = (t.numpy() for t in wrapper(x))
-        logits, features = session.run([LOGITS, FEATURES], {INPUT: x.numpy()})
+            ref = dict(zip(names, (t.numpy() for t in wrapper(x)), strict=True))
+        got = dict(zip(names, session.run(names, {INPUT: x.numpy()}), strict=True))
+        logits, ref_logits = got[LOGITS], ref[LOGITS]
         worst_logits = max(worst_logits, _max_abs_diff(logits, ref_logits))
-        worst_features = max(worst_features, _max_abs_diff(features, ref_features))
+        for name in names[1:]:
+            worst_features = max(worst_features, _max_abs_diff(got[name], ref[name]))
         agree += int((logits.argmax(1) == ref_logits.argmax(1)).sum())
         total += batch
     return Verification(worst_logits, worst_features, agree / total, (1, 3), tolerance)
@@ -167,6 +212,7 @@ def export_model(
     std: list[float] | None = None,
     interpolation: str | None = None,
     crop_pct: float | None = None,
+    attention: bool = False,
 ) -> ExportResult:
     """Export ``model`` to ``out``; the file appears only if export (and verification) succeed."""
     out = check_output_file(out)
@@ -186,9 +232,10 @@ def export_model(
     data_config = data_config_for(built, mean, std, interpolation, crop_pct)
     example = torch.randn((2, *data_config.input_size), generator=torch.Generator().manual_seed(seed))
     linear_head = _has_linear_head(net, example)
-    wrapper = LogitsAndFeatures(net, linear_head).eval()
+    wrapper = (WithAttention if attention else LogitsAndFeatures)(net, linear_head).eval()
+    outputs = [LOGITS, FEATURES, *([ATTN_CLS, ATTN_ENTROPY] if attention else [])]
     try:
-        proto = _to_onnx(wrapper, example, opset)
+        proto = _to_onnx(wrapper, example, opset, outputs)
     except VitqbenchError:
         raise
     except Exception as exc:
@@ -205,6 +252,7 @@ def export_model(
         data_config=data_config,
         head=_head_ref(proto, net.get_classifier()) if linear_head else None,
         class_names=built.class_names,
+        outputs={name: name for name in outputs},
         opset=opset,
     )
     set_metadata(proto, meta)
