@@ -425,6 +425,9 @@ def eval_(
     ),
     val_id: str | None = typer.Option(None, "--val-id", help="ID validation DATA for --tune (OpenOOD's ID-val)."),
     val_ood: str | None = typer.Option(None, "--val-ood", help="OOD validation DATA for --tune (OOD-val)."),
+    attention: bool = typer.Option(
+        False, "--attention", help="Attention focus and drift per block, ID vs OOD (models from export --attention)."
+    ),
     fpr_convention: str = FPR_CONVENTION_OPTION,
     plot_scores: str | None = PLOT_SCORES_OPTION,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -461,6 +464,7 @@ def eval_(
         fpr_convention=fpr_convention,
         decode_cache=decode_cache,
         tune=tune,
+        attention=attention,
         val_id=val_id,
         val_ood=val_ood,
         executor=executor,

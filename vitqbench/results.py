@@ -149,6 +149,19 @@ class Failure:
 
 
 @dataclass
+class AttentionRow:
+    """eval --attention: one block of one model on one dataset (means over the dataset's samples)."""
+
+    model: str
+    dataset: str
+    role: str  # id or ood
+    block: int
+    entropy: float  # attention entropy in nats, mean over heads and queries
+    cls_concentration: float  # 1 - H(class token's attention) / log(tokens): 0 uniform, 1 on one token
+    drift_js: float | None  # Jensen-Shannon divergence (bits, 0-1) of the class token's attention vs the baseline's
+
+
+@dataclass
 class EvalResults:
     models: list[ModelInfo]
     datasets: list[DatasetInfo]
@@ -164,6 +177,7 @@ class EvalResults:
     bench: list[dict[str, Any]] = field(default_factory=list)
     # --tune: per model and tunable score, the grid, each point's validation AUROC and the chosen values
     tuning: list[dict[str, Any]] = field(default_factory=list)
+    attention: list[AttentionRow] = field(default_factory=list)  # eval --attention
     # (model label, dataset name) -> {"labels", "predictions", "paths", "<score>": scores}; not in JSON
     samples: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 

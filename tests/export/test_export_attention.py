@@ -87,3 +87,44 @@ def test_export_cli_flag(tmp_path, run_cli):
     result = run_cli(*args)
     assert result.code == 0, result.stderr
     assert ATTN_ENTROPY in read_metadata(out).outputs
+
+
+def test_js_divergence_matches_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    from vitqbench.evaluate.attention import js_divergence
+
+    rng = np.random.default_rng(0)
+    p, q = rng.dirichlet(np.ones(17), size=5), rng.dirichlet(np.ones(17), size=5)
+    want = np.array([jensenshannon(a, b, base=2) ** 2 for a, b in zip(p, q, strict=True)])
+    np.testing.assert_allclose(js_divergence(p, q), want, atol=1e-12)
+    assert np.allclose(js_divergence(p, p), 0) and (js_divergence(p, q) <= 1).all()
+
+
+def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli):
+    import shutil
+
+    from vitqbench.evaluate import EvalConfig, run_eval
+    from vitqbench.report import write_report
+
+    twin = tmp_path / "twin.onnx"  # the same weights: no drift at all
+    shutil.copy(attention_onnx, twin)
+    config = EvalConfig(
+        models=[attention_onnx, twin], id="digits:test:n=30", scores="msp",
+        ood={"d": "digits:train:n=20", "noise": "noise:gaussian:n=10"}, attention=True, cache_dir=tmp_path / "c", progress=False,
+    )  # fmt: skip
+    results = run_eval(config)
+    rows = results.attention
+    assert len(rows) == 2 * 3 * 2  # models x (ID + 2 OOD sets) x blocks
+    assert all(r.drift_js is None for r in rows if r.model == "attn")  # the baseline
+    assert all(abs(r.drift_js) < 1e-9 for r in rows if r.model == "twin")
+    assert all(0 <= r.cls_concentration <= 1 and r.entropy > 0 for r in rows)
+    write_report(results, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Attention, ID vs OOD" in report and "moved more on OOD than on ID inputs in 0 of 2 blocks" in report
+    plain = tmp_path / "plain.onnx"
+    from vitqbench.export import export_model
+
+    export_model("deit_tiny_patch16_224", plain, pretrained=False, model_kwargs=TINY, verify=False)
+    result = run_cli("eval", "-m", plain, "--id", "digits:test:n=10", "--attention", "-o", tmp_path / "o2")
+    assert result.code == 2 and "plain has no attention outputs" in result.stderr

@@ -110,6 +110,9 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
+EXTRA = "extra__"  # npz name prefix of the extra outputs
+
+
 @dataclass
 class Outputs:
     """What one model produced on one dataset, in dataset order."""
@@ -120,6 +123,7 @@ class Outputs:
     paths: np.ndarray  # [N] str
     indices: np.ndarray  # [N] int64, the dataset indices (all but the skipped ones once complete)
     skipped: dict[int, str] = field(default_factory=dict)  # unreadable images: index -> reason
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # further model outputs (attention), [N, ...]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -135,6 +139,7 @@ class Outputs:
         }
         if self.labels is not None:
             arrays["labels"] = self.labels
+        arrays.update({EXTRA + name: value for name, value in self.extras.items()})
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
 
@@ -151,6 +156,7 @@ class Outputs:
                 paths=z["paths"],
                 indices=z["indices"],
                 skipped=skipped,
+                extras={name.removeprefix(EXTRA): z[name] for name in z.files if name.startswith(EXTRA)},
             )
 
     @classmethod
@@ -163,6 +169,7 @@ class Outputs:
             labels=None if labels is None else labels[order],
             paths=np.concatenate([p.paths for p in parts])[order],
             indices=np.concatenate([p.indices for p in parts])[order],
+            extras={name: np.concatenate([p.extras[name] for p in parts])[order] for name in parts[0].extras},
         )
 
 

@@ -47,7 +47,9 @@ def run_cell(
         if done.any():
             tell(int(done.sum()))  # resumed from the shards of an interrupted run
         todo = np.flatnonzero(~done)
-        fetch = [meta.outputs["logits"], meta.outputs["features"]]
+        # Outputs beyond logits and features (export --attention) are kept too: they cost nothing to fetch.
+        extra_names = [name for name in meta.outputs if name not in ("logits", "features")]
+        fetch = [meta.outputs["logits"], meta.outputs["features"], *(meta.outputs[n] for n in extra_names)]
         computed = 0
         if len(todo):
             # A full pass (indices=None) is what lets the data part fill its decode cache for the next model.
@@ -61,9 +63,11 @@ def run_cell(
                 cache=decode_cache,
             )
             for batch in batches:
-                logits, features = session.run(fetch, {meta.input_name: np.ascontiguousarray(batch.images, np.float32)})
+                logits, features, *extras = session.run(
+                    fetch, {meta.input_name: np.ascontiguousarray(batch.images, np.float32)}
+                )
                 idx = np.asarray(batch.indices, dtype=np.int64)
-                shards.add(idx, logits, features)
+                shards.add(idx, logits, features, dict(zip(extra_names, extras, strict=True)))
                 computed += len(idx)
                 tell(len(idx))
             shards.flush()
@@ -78,10 +82,11 @@ class _Shards:
         self.parts = cache.load_parts(key)
         self.paths = np.asarray([str(p) for p in dataset.paths])
         self.labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
 
-    def add(self, idx: np.ndarray, logits: np.ndarray, features: np.ndarray) -> None:
-        self.pending.append((idx, logits.astype(np.float32), features.astype(np.float32)))
+    def add(self, idx: np.ndarray, logits: np.ndarray, features: np.ndarray, extras: dict[str, np.ndarray]) -> None:
+        extras = {name: value.astype(np.float32) for name, value in extras.items()}
+        self.pending.append((idx, logits.astype(np.float32), features.astype(np.float32), extras))
         if sum(len(p[0]) for p in self.pending) >= SHARD_SAMPLES:
             self.flush()
 
@@ -95,6 +100,7 @@ class _Shards:
             labels=None if self.labels is None else self.labels[idx],
             paths=self.paths[idx],
             indices=idx,
+            extras={name: np.concatenate([p[3][name] for p in self.pending]) for name in self.pending[0][3]},
         )
         self.cache.save_part(self.key, part)
         self.parts.append(part)

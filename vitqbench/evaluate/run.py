@@ -65,6 +65,7 @@ class EvalConfig:
     data_roots: dict[str, Path] = field(default_factory=dict)  # per set ("id", "fit", OOD name): list roots
     strict: bool = False
     bench: bool = False
+    attention: bool = False  # per-block attention focus and drift, ID vs OOD (models from export --attention)
     tune: bool = False  # search each tunable score's OpenOOD grid by AUROC of val_id vs val_ood
     val_id: str | None = None
     val_ood: str | None = None
@@ -100,7 +101,7 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
     models = _load_models(config, failures)
     if not models:
         raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
-    _check_heads(models, specs)
+    _check_outputs(config, models, specs)
     dropped = dropped_feature_scores(config)
     if dropped:
         warnings.append(f"feature scores {', '.join(dropped)} skipped: they need --fit DATA (e.g. the ID training set)")
@@ -110,6 +111,47 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
     fit_data = next((d for d in datasets if d.info.role == "fit"), None)
     warnings += _same_images_warnings(id_data, datasets)
     warnings += _class_name_warnings(models, [d for d in (id_data, fit_data) if d is not None])
+    done, scores, executor_name = _run_plan(config, models, datasets, specs, cache_root, executor)
+    results = EvalResults(
+        models=[m.info for m in models],
+        datasets=[d.info for d in datasets],
+        scores=[_score_record(s) for s in specs],
+        id_metrics=[],
+        ood_metrics=[],
+        deltas=[],
+        failures=failures,
+        settings=_settings(config, executor_name),
+        versions=_versions(),
+        cache={"dir": str(cache_root)},
+        warnings=warnings,
+    )
+    aggregate(results, done, [s for s in scores if s is not None])
+    if config.attention:
+        from vitqbench.evaluate.attention import attention_rows
+
+        keys = {(r.model, r.dataset): r.key for r in done if r.ok}
+        results.attention = attention_rows(results.models, results.datasets, keys, cache_root)
+    if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
+        reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
+        raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
+    if config.bench:
+        from vitqbench.evaluate.benching import bench_models
+
+        results.bench = bench_models(
+            results.models, config.target, config.threads, config.bench_options, config.progress, failures
+        )
+    return results
+
+
+def _run_plan(
+    config: EvalConfig,
+    models: list[_Model],
+    datasets: list[_Data],
+    specs: list[ScoreSpec],
+    cache_root: Path,
+    executor: Executor | None,
+) -> tuple[list[OutputsResult], list[ModelScores | None], str]:
+    """The outputs cells, then the scores cells, on ``executor`` (one made from the config when None)."""
     with CellProgress(enabled=config.progress and config.executor == "inprocess") as progress:
         own = executor is None
         if own:
@@ -128,30 +170,7 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
         finally:
             if own:
                 executor.close()
-    results = EvalResults(
-        models=[m.info for m in models],
-        datasets=[d.info for d in datasets],
-        scores=[_score_record(s) for s in specs],
-        id_metrics=[],
-        ood_metrics=[],
-        deltas=[],
-        failures=failures,
-        settings=_settings(config, executor.name),
-        versions=_versions(),
-        cache={"dir": str(cache_root)},
-        warnings=warnings,
-    )
-    aggregate(results, done, [s for s in scores if s is not None])
-    if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
-        reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
-        raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")
-    if config.bench:
-        from vitqbench.evaluate.benching import bench_models
-
-        results.bench = bench_models(
-            results.models, config.target, config.threads, config.bench_options, config.progress, failures
-        )
-    return results
+    return done, scores, executor.name
 
 
 def _check(config: EvalConfig) -> list[ScoreSpec]:
@@ -333,6 +352,15 @@ def dropped_feature_scores(config: EvalConfig) -> list[str]:
     return [s.label for s in default_score_specs(True) if s.label not in kept]
 
 
+def _check_outputs(config: EvalConfig, models: list[_Model], specs: list[ScoreSpec]) -> None:
+    """What the scores and --attention read must be in every model: refuse before inference."""
+    if config.attention:
+        from vitqbench.evaluate.attention import check_attention_models
+
+        check_attention_models({m.info.label: m.meta for m in models})
+    _check_heads(models, specs)
+
+
 def _check_heads(models: list[_Model], specs: list[ScoreSpec]) -> None:
     """A score reading the classifier head cannot run on a model without one: refuse before inference."""
     needs = [s.label for s in specs if getattr(s.create(), "needs_head", False)]
@@ -511,6 +539,7 @@ def _settings(config: EvalConfig, executor: str) -> dict[str, Any]:
         "bench": config.bench,
         "fpr_convention": config.fpr_convention,
         "tune": config.tune,
+        "attention": config.attention,
         "val_id": config.val_id,
         "val_ood": config.val_ood,
     }

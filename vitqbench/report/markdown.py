@@ -74,6 +74,7 @@ def report_blocks(results: EvalResults, plots: list[Path]) -> list[Block]:
     blocks += _id_table(results)
     blocks += _models_table(results)
     blocks += _details(results)
+    blocks += _attention_blocks(results)
     if results.bench:
         blocks += _bench_table(results.bench)
     blocks += _datasets_table(results)
@@ -121,6 +122,56 @@ def _tuning_blocks(results: EvalResults) -> list[Block]:
     ]
     title = f"Tuning on {s.get('val_id')} vs {s.get('val_ood')} (best validation AUROC, OpenOOD's grids)"
     return [Heading(title), Table(["model", "score", "chosen", "val AUROC (%)", "grid"], rows, numeric={3})]
+
+
+def _attention_blocks(results: EvalResults) -> list[Block]:
+    """eval --attention: per model and block, focus on ID vs the real OOD sets, and drift from the baseline."""
+    if not results.attention:
+        return []
+    real_ood = {d.name for d in results.datasets if d.role == "ood" and not d.synthetic}
+    by: dict[tuple[str, int], dict[str, list[Any]]] = {}
+    for r in results.attention:
+        side = "id" if r.role == "id" else "ood" if r.dataset in real_ood else None
+        if side is not None:
+            cell = by.setdefault((r.model, r.block), {})
+            cell.setdefault(side, []).append(r)
+
+    def mean(rows: list[Any], field: str) -> float | None:
+        values = [getattr(r, field) for r in rows if getattr(r, field) is not None]
+        return sum(values) / len(values) if values else None
+
+    def num(value: float | None, digits: int = 3) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows, answers = [], []
+    for model in results.models:
+        blocks = sorted(b for (m, b) in by if m == model.label)
+        more_on_ood = []
+        for block in blocks:
+            cell = by[(model.label, block)]
+            id_rows, ood_rows = cell.get("id", []), cell.get("ood", [])
+            d_id, d_ood = mean(id_rows, "drift_js"), mean(ood_rows, "drift_js")
+            rows.append([model_label(model), str(block), num(mean(id_rows, "entropy")), num(mean(ood_rows, "entropy")),
+                         num(mean(id_rows, "cls_concentration")), num(mean(ood_rows, "cls_concentration")),
+                         num(d_id, 4), num(d_ood, 4)])  # fmt: skip
+            if d_id is not None and d_ood is not None and d_ood > d_id:
+                more_on_ood.append((d_ood / d_id if d_id > 0 else float("inf"), block))
+        if model.baseline not in (None, model.label) and blocks:
+            verdict = f"moved more on OOD than on ID inputs in {len(more_on_ood)} of {len(blocks)} blocks"
+            if more_on_ood:
+                ratio, block = max(more_on_ood)
+                verdict += f" (most: block {block}, {ratio:.2f}x the ID drift)"
+            answers.append([f"{model_label(model)}: class-token attention {verdict}."])
+    header = ["model", "block", "entropy ID", "entropy OOD", "cls concentration ID", "cls concentration OOD",
+              "drift ID (JS)", "drift OOD (JS)"]  # fmt: skip
+    return [
+        Heading("Attention, ID vs OOD"),
+        Para(["Per block: attention entropy (nats, mean over heads and queries), the class token's attention "
+              "concentration (1 - H / log tokens), and the Jensen-Shannon divergence (bits) of the class token's "
+              "attention from the baseline's on the same images; OOD = mean over the real (non-synthetic) OOD sets."]),
+        Table(header, rows, numeric=set(range(1, 8))),
+        *([Bullets(answers)] if answers else []),
+    ]  # fmt: skip
 
 
 def _fpr_note(results: EvalResults) -> str:

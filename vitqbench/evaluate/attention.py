@@ -1,0 +1,93 @@
+"""Attention under quantization (``eval --attention``), ID vs OOD, from models exported with ``--attention``.
+
+Per model, dataset and block: how focused attention is (mean entropy; the class token's attention
+concentration) and, for a model with a baseline, how far its class-token attention moved from the
+baseline's on the same images (Jensen-Shannon divergence, per sample, averaged). Read from the
+cached outputs after the cells ran: attention costs no extra inference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitqbench.errors import VitqbenchError
+from vitqbench.evaluate.cache import OutputCache, Outputs
+from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ModelMetadata
+from vitqbench.results import AttentionRow, DatasetInfo, ModelInfo
+
+
+def check_attention_models(metas: dict[str, ModelMetadata]) -> None:
+    """--attention reads outputs only ``export --attention`` writes: one line naming the models without."""
+    missing = [label for label, meta in metas.items() if ATTN_CLS not in meta.outputs]
+    if missing:
+        raise VitqbenchError(
+            f"--attention needs models exported with `vitqbench export --attention`; {', '.join(missing)} "
+            f"{'has' if len(missing) == 1 else 'have'} no attention outputs"
+        )
+
+
+def attention_rows(
+    models: list[ModelInfo], datasets: list[DatasetInfo], keys: dict[tuple[str, str], str], cache_root: Path
+) -> list[AttentionRow]:
+    """Rows for every model x ID/OOD dataset whose outputs cell succeeded (``keys``: its cache key)."""
+    cache = OutputCache(cache_root)
+    rows = []
+    for data in (d for d in datasets if d.role in ("id", "ood")):
+        for model in models:
+            out = _get(cache, keys, model.label, data.name)
+            if out is None:
+                continue
+            base = _get(cache, keys, model.baseline, data.name) if model.baseline not in (None, model.label) else None
+            drift = _js_drift(out, base) if base is not None else None
+            entropy = out.extras[ATTN_ENTROPY].mean(axis=(0, 2))  # [depth]
+            concentration = _concentration(out.extras[ATTN_CLS]).mean(axis=0)
+            for block in range(len(entropy)):
+                rows.append(
+                    AttentionRow(
+                        model=model.label,
+                        dataset=data.name,
+                        role=data.role,
+                        block=block,
+                        entropy=float(entropy[block]),
+                        cls_concentration=float(concentration[block]),
+                        drift_js=None if drift is None else float(drift[block]),
+                    )
+                )
+    return rows
+
+
+def _get(cache: OutputCache, keys: dict[tuple[str, str], str], model: str | None, dataset: str) -> Outputs | None:
+    key = keys.get((model, dataset)) if model is not None else None
+    out = cache.get(key) if key is not None else None
+    return out if out is not None and ATTN_CLS in out.extras else None
+
+
+def _concentration(cls: np.ndarray) -> np.ndarray:
+    """[N, depth, tokens] attention rows -> [N, depth] of 1 - H / log(tokens)."""
+    p = np.clip(cls.astype(np.float64), 1e-12, None)
+    p = p / p.sum(-1, keepdims=True)
+    return 1.0 - (-(p * np.log(p)).sum(-1)) / np.log(cls.shape[-1])
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence in bits (0-1) along the last axis; rows are renormalized first."""
+    p = np.clip(p.astype(np.float64), 0, None)
+    q = np.clip(q.astype(np.float64), 0, None)
+    p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(a > 0, a * np.log2(a / m), 0.0).sum(-1)
+
+    return (kl(p) + kl(q)) / 2
+
+
+def _js_drift(out: Outputs, base: Outputs) -> np.ndarray:
+    """[depth]: the mean over the images both models read of the per-sample JS divergence per block."""
+    shared, mine, theirs = np.intersect1d(out.indices, base.indices, return_indices=True)
+    if not len(shared):
+        return np.full(out.extras[ATTN_CLS].shape[1], np.nan)
+    return js_divergence(out.extras[ATTN_CLS][mine], base.extras[ATTN_CLS][theirs]).mean(axis=0)
