@@ -111,7 +111,8 @@ def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli)
     shutil.copy(attention_onnx, twin)
     config = EvalConfig(
         models=[attention_onnx, twin], id="digits:test:n=30", scores="msp",
-        ood={"d": "digits:train:n=20", "noise": "noise:gaussian:n=10"}, attention=True, cache_dir=tmp_path / "c", progress=False,
+        ood={"d": "digits:train:n=20", "noise": "noise:gaussian:n=10"},
+        attention=True, cache_dir=tmp_path / "c", progress=False,
     )  # fmt: skip
     results = run_eval(config)
     rows = results.attention
