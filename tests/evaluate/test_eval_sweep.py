@@ -240,9 +240,11 @@ def test_edited_calibration_folder_requantizes_and_dropped_kwargs_reexport(tmp_p
     assert fp32.stat().st_mtime_ns == before[0] and int8.stat().st_mtime_ns != before[1]
 
     kwargs = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
-    assert _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=kwargs), False, None)
+    assert _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=kwargs), False, None, False)
     fewer = {k: v for k, v in kwargs.items() if k != "num_classes"}  # the file has 10 classes, timm's default 1000
-    assert not _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=fewer), False, None)
+    assert not _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=fewer), False, None, False)
+    # a study with attention = true needs the attention outputs: this plain export is made again
+    assert not _export_matches(fp32, SweepModel("deit_tiny_patch16_224", kwargs=kwargs), False, None, True)
 
 
 def test_openood_style_lists_under_data_root_run_end_to_end(tmp_path, run_cli):
@@ -277,3 +279,17 @@ def test_openood_style_lists_under_data_root_run_end_to_end(tmp_path, run_cli):
     assert {d["role"]: d["size"] for d in doc["datasets"]} == {"id": 20, "ood": 12}
     calibration = doc["models"][1]["metadata"]["quantization"]["calibration"]
     assert calibration["size"] == 16 and calibration["data_root"] == str(root / "images")
+
+
+def test_a_sweep_with_attention_exports_and_evaluates_it(tmp_path, run_cli):
+    study = tmp_path / "study.toml"
+    text = TINY_TOML.replace('[[precisions]]\nname = "int4"\nbits = 4\nblock_size = 32\n', "")
+    study.write_text(text.replace('name = "t"', 'name = "t"\nattention = true'))
+    out = tmp_path / "out"
+    result = run_cli("sweep", study, "--out", out, "--cache-dir", tmp_path / "c", "--no-pretrained", "--no-progress")
+    assert result.code == 0, result.stderr
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["settings"]["attention"] is True
+    assert {r["model"] for r in doc["attention"]} == {"m.fp32", "m.int8"}
+    assert all(r["drift_js"] is not None for r in doc["attention"] if r["model"] == "m.int8")
+    assert "## Attention, ID vs OOD" in (out / "report.md").read_text()

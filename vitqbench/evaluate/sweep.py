@@ -130,6 +130,7 @@ class ExportCell:
     model: SweepModel
     path: Path
     pretrained: bool
+    attention: bool = False  # export --attention
     requires: tuple[str, ...] = ()
     threads: int | None = 1
 
@@ -141,7 +142,7 @@ class ExportCell:
 
         label = f"{self.model.slug}.{FP32}"
         try:
-            _ensure_export(self.model, self.path, self.pretrained)
+            _ensure_export(self.model, self.path, self.pretrained, self.attention)
         except WeightsUnavailable as exc:
             return dataclasses.replace(self.failed(exc), unavailable=self.model.name)
         except VitqbenchError as exc:
@@ -188,7 +189,8 @@ def plan_files(
     for model in config.models:
         fp32 = models_dir / f"{model.slug}.{FP32}.onnx"
         pretrained = options.pretrained and model.pretrained and model.checkpoint is None
-        export = ExportCell(_key("export", asdict(model), pretrained, str(fp32)), model, fp32, pretrained)
+        key = _key("export", asdict(model), pretrained, config.attention, str(fp32))
+        export = ExportCell(key, model, fp32, pretrained, config.attention)
         cells.append(export)
         for precision in config.precisions:
             label = f"{model.slug}.{safe_name(precision.name)}"
@@ -263,6 +265,7 @@ def _eval_config(
         fpr_convention=options.fpr_convention,
         decode_cache=options.decode_cache,
         tune=config.tune if options.tune is None else options.tune,
+        attention=config.attention,
         val_id=_resolve(config.val_id, options.data_root) if config.val_id else None,
         val_ood=_resolve(config.val_ood, options.data_root) if config.val_ood else None,
         keep_outputs=keep_outputs,
@@ -308,11 +311,11 @@ def _calib_source(config: SweepConfig, options: SweepOptions) -> DataRef | None:
     return DataRef(_resolve(ref, options.data_root), str(root) if root else None)
 
 
-def _ensure_export(model: SweepModel, path: Path, pretrained: bool) -> None:
+def _ensure_export(model: SweepModel, path: Path, pretrained: bool, attention: bool) -> None:
     from vitqbench.export import export_model
 
     checkpoint = Path(model.checkpoint).expanduser() if model.checkpoint else None
-    if path.is_file() and _export_matches(path, model, pretrained, checkpoint):
+    if path.is_file() and _export_matches(path, model, pretrained, checkpoint, attention):
         return
     export_model(
         model.name,
@@ -321,15 +324,20 @@ def _ensure_export(model: SweepModel, path: Path, pretrained: bool) -> None:
         checkpoint=checkpoint,
         model_kwargs=dict(model.kwargs),
         seed=model.seed,
+        attention=attention,
     )
 
 
-def _export_matches(path: Path, model: SweepModel, pretrained: bool, checkpoint: Path | None) -> bool:
-    from vitqbench.metadata import read_metadata
+def _export_matches(
+    path: Path, model: SweepModel, pretrained: bool, checkpoint: Path | None, attention: bool
+) -> bool:
+    from vitqbench.metadata import ATTN_CLS, read_metadata
 
     try:
         meta = read_metadata(path)
     except VitqbenchError:
+        return False
+    if (ATTN_CLS in meta.outputs) != attention:
         return False
     arch, _, tag = model.name.partition(".")
     if meta.timm_name != arch or (tag and meta.timm_tag != tag) or meta.quantization:

@@ -76,11 +76,12 @@ class SweepConfig:
     bench: bool = False
     bench_options: dict[str, Any] = field(default_factory=dict)
     tune: bool = False
+    attention: bool = False  # export every model with --attention and evaluate with --attention
 
 
 # Each table's keys and the type of each value (checked with _check).
 STUDY_KEYS = {"name": str, "scores": list[str] | str, "batch_size": int, "seed": int, "bench": bool,
-              "bench_options": dict, "tune": bool}  # fmt: skip
+              "bench_options": dict, "tune": bool, "attention": bool}  # fmt: skip
 DATA_KEYS = {"id": "ref", "id_name": str, "fit": "ref", "val_id": "ref", "val_ood": "ref", "calib": "ref",
              "calib_size": int, "ood": dict}  # fmt: skip
 POSITIVE = {"batch_size", "calib_size"}
@@ -159,6 +160,7 @@ def parse_sweep(doc: dict[str, Any], origin: str = "sweep") -> SweepConfig:
         bench=study.get("bench", False),
         bench_options=check_bench_options(study.get("bench_options", {}), f"{origin} [study.bench_options]"),
         tune=study.get("tune", False),
+        attention=study.get("attention", False),
     )
 
 
