@@ -34,12 +34,20 @@ def attention_rows(
     """Rows for every model x ID/OOD dataset whose outputs cell succeeded (``keys``: its cache key)."""
     cache = OutputCache(cache_root)
     rows = []
+    baselines = {m.baseline for m in models}
     for data in (d for d in datasets if d.role in ("id", "ood")):
+        bases: dict[str, Outputs | None] = {}  # each baseline read once per dataset, not once per model
         for model in models:
-            out = _get(cache, keys, model.label, data.name)
+            out = bases[model.label] if model.label in bases else _get(cache, keys, model.label, data.name)
+            if model.label in baselines:
+                bases[model.label] = out
             if out is None:
                 continue
-            base = _get(cache, keys, model.baseline, data.name) if model.baseline not in (None, model.label) else None
+            base = None
+            if model.baseline not in (None, model.label):
+                if model.baseline not in bases:
+                    bases[model.baseline] = _get(cache, keys, model.baseline, data.name)
+                base = bases[model.baseline]
             drift = _js_drift(out, base) if base is not None else None
             entropy = out.extras[ATTN_ENTROPY].mean(axis=(0, 2))  # [depth]
             concentration = _concentration(out.extras[ATTN_CLS]).mean(axis=0)
