@@ -154,10 +154,9 @@ def main() -> None:
     done = {} if args.fresh or not saved.exists() else json.loads(saved.read_text())
     rows.update({k: v for k, v in done.items() if k != "fp32"})  # resume: rows of an earlier run are kept
 
-    def measure(label: str, path: Path, seconds: float, execution: str) -> None:
+    def measure(label: str, path: Path, seconds: float, execution: str, model_head=None) -> None:
         outs = outputs(path, batches)
-        # Plain ORT files carry our metadata but not the head readback: their ViM/ReAct use the fp32 head.
-        model_head = read_head(path) if execution != "emulated (plain ORT)" else head
+        model_head = read_head(path) if model_head is None else model_head
         rows[label] = {
             **evaluate(outs, ref, labels["id"], labels["fit"], model_head, oods),
             "execution": execution,
@@ -192,7 +191,9 @@ def main() -> None:
             path = args.work / f"ort_w4a4_{method}.onnx"
             start = time.perf_counter()
             ort_w4a4(fp32, path, calib, method)
-            measure(f"ORT quantize_static W4A4 {method}", path, time.perf_counter() - start, "emulated (plain ORT)")
+            # Plain ORT files carry our metadata but not the head readback: their ViM/ReAct use the fp32 head.
+            label = f"ORT quantize_static W4A4 {method}"
+            measure(label, path, time.perf_counter() - start, "emulated (plain ORT)", model_head=head)
     if "ablation" in args.only:
         default = create_scheme("w4a4")
         ablation_jobs = [(f"ablation: {k}", dataclasses.replace(default, **v)) for k, v in ablation().items() if v]

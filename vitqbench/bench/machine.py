@@ -22,10 +22,11 @@ def _version(package: str) -> str | None:
 def machine_info(gpu: bool = False) -> dict[str, Any]:
     import onnxruntime
 
+    features = cpu_features()
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
-        "cpu_simd": cpu_features()["simd"],
-        "cpu_mhz": cpu_features()["mhz"],
+        "cpu_simd": features["simd"],
+        "cpu_mhz": features["mhz"],
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
