@@ -139,17 +139,15 @@ def _wait_started(pool: ProcessPoolExecutor, workers: int) -> None:
     FileNotFoundError traceback (its semaphore is gone); so a Ctrl-C is held back until all
     ``workers`` have started (``workers`` tasks at once make the pool spawn that many), then raised.
     """
-    if threading.current_thread() is not threading.main_thread():
-        for future in [pool.submit(_ready) for _ in range(workers)]:
-            future.result()
-        return
     interrupted: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    holds = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum)) if holds else None
     try:
         for future in [pool.submit(_ready) for _ in range(workers)]:
             future.result()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if holds:
+            signal.signal(signal.SIGINT, previous)
     if interrupted:  # as the process would have: the handler it had (the CLI's one-line exit), else the default
         if callable(previous):
             previous(signal.SIGINT, None)
