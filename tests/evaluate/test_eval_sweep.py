@@ -293,3 +293,16 @@ def test_a_sweep_with_attention_exports_and_evaluates_it(tmp_path, run_cli):
     assert {r["model"] for r in doc["attention"]} == {"m.fp32", "m.int8"}
     assert all(r["drift_js"] is not None for r in doc["attention"] if r["model"] == "m.int8")
     assert "## Attention, ID vs OOD" in (out / "report.md").read_text()
+
+
+def test_a_precision_name_with_a_dot_keeps_its_family_baseline(tmp_path):
+    from vitqbench.evaluate.sweep import QuantizeCell, SweepOptions, plan_files
+
+    doc = {
+        "models": [{"name": "deit_tiny_patch16_224", "label": "m"}],
+        "precisions": [{"name": "w8a8.pt", "scheme": "w8a8", "per_channel": False}],
+        "data": {"id": "digits:test"},
+    }
+    cells = plan_files(parse_sweep(doc), SweepOptions(tmp_path / "out"), tmp_path / "models", tmp_path / "c")
+    quantize = [c for c in cells if isinstance(c, QuantizeCell)]
+    assert [(c.label, c.baseline) for c in quantize] == [("m.w8a8.pt", "m.fp32")]

@@ -156,6 +156,7 @@ class QuantizeCell:
 
     key: str
     label: str
+    baseline: str  # the label of its family's fp32 model
     fp32: Path
     path: Path
     precision: SweepPrecision
@@ -176,8 +177,7 @@ class QuantizeCell:
             _ensure_quantized(self, ctx)
         except VitqbenchError as exc:
             return self.failed(exc)
-        baseline = f"{self.label.rsplit('.', 1)[0]}.{FP32}"
-        return FileResult(self.key, self.label, self.path, baseline=baseline)
+        return FileResult(self.key, self.label, self.path, baseline=self.baseline)
 
 
 def plan_files(
@@ -201,6 +201,7 @@ def plan_files(
                 QuantizeCell(
                     key=_key("quantize", *recipe, options.target.tag, label),
                     label=label,
+                    baseline=f"{model.slug}.{FP32}",
                     fp32=fp32,
                     path=models_dir / f"{label}.onnx",
                     precision=precision,
