@@ -252,8 +252,12 @@ def quantize(
         None, "--first-last-8bit/--no-first-last-8bit", help="Patch embedding and head at 8 bits."
     ),
     opt: list[str] = typer.Option([], "--opt", help="Any scheme option as key=value (repeatable)."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="A mixed-precision plan (from `vitqbench sensitivity --budget`): each unit's precision."
+    ),
 ) -> None:
-    """Quantize an exported model with a registered scheme (w8a8, w8a8-dynamic, w4, w4a8, w4a4, w6a6, fp16)."""
+    """Quantize an exported model with a registered scheme (w8a8, w8a8-dynamic, w4, w4a8, w4a4, w6a6, fp16)
+    or a mixed-precision plan."""
     from vitqbench.quant import CalibConfig, quantize_model
 
     flags = {
@@ -277,7 +281,16 @@ def quantize(
         "--gelu-asym/--gelu-sym": gelu_asym,
         "--first-last-8bit/--no-first-last-8bit": first_last_8bit,
     }
-    config = scheme_from_flags(scheme, bits, flags, opt)
+    if plan is not None:
+        from vitqbench.quant.mixed import MixedPlan
+
+        given = [f for f, v in flags.items() if v is not None] + (["--scheme"] if scheme else [])
+        given += (["--bits"] if bits else []) + (["--opt"] if opt else [])
+        if given:
+            raise VitqbenchError(f"--plan fixes the scheme and its recipe; drop {', '.join(given)}")
+        config = MixedPlan.load(plan).scheme()
+    else:
+        config = scheme_from_flags(scheme, bits, flags, opt)
     calib_config = (
         CalibConfig(
             data=calib,
@@ -392,9 +405,7 @@ def bench(
 @app.command("eval")
 def eval_(
     model: list[Path] = typer.Option(..., "--model", "-m", help="A vitqbench ONNX file (repeatable)."),
-    id_: str = typer.Option(
-        ..., "--id", help="ID set as [NAME=]DATA: folder, image list or built-in (digits:test)."
-    ),
+    id_: str = typer.Option(..., "--id", help="ID set as [NAME=]DATA: folder, image list or built-in (digits:test)."),
     ood: list[str] = typer.Option(
         [],
         "--ood",

@@ -143,6 +143,8 @@ class ModelMetadata:
         """A short label: ``fp32`` or the quantization scheme (``w8a8``, ``w4a4``, ...)."""
         if not self.quantization:
             return "fp32"
+        if self.quantization.get("scheme") == "mixed":  # a plan's precisions: named by its hash
+            return f"mixed@{self.quantization.get('plan_hash', '')[:8]}"
         return self.quantization.get("scheme") or f"int{self.quantization['bits']}"
 
     @property

@@ -16,7 +16,7 @@ from vitqbench.files import atomic_path, check_output_file, sha256_file
 from vitqbench.metadata import ModelMetadata, get_metadata, load_onnx, set_metadata
 
 # The registry: importing a scheme module registers its scheme(s). A new scheme adds its module here.
-from vitqbench.quant import dynamic, fp16, int4, int8, wxax  # noqa: F401
+from vitqbench.quant import dynamic, fp16, int4, int8, mixed, wxax  # noqa: F401
 from vitqbench.quant.calibration import CalibConfig, calibration_set
 from vitqbench.quant.int8 import DEFAULT_EXCLUDE, Int8Config
 from vitqbench.quant.schemes import (
@@ -70,6 +70,7 @@ def quantize_model(
     config = create_scheme(scheme) if isinstance(scheme, str) else scheme
     config = config.resolved(calib is not None)
     config.check()
+    config.check_model_file(in_path)
     if out_path.resolve() == in_path.resolve():
         raise VitqbenchError("the output would overwrite the input; choose another -o path")
     if config.needs_calibration and calib is None:

@@ -173,6 +173,8 @@ def iter_activations(
     target = calib.config.target if isinstance(calib, CalibrationSet) else CPU
 
     names = list(dict.fromkeys(names))
+    if not names:  # session.run([]) would return every output
+        return
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import onnx
@@ -72,6 +73,9 @@ class SchemeConfig:
 
     def check(self) -> None:
         """Raise one line for option values the scheme cannot use."""
+
+    def check_model_file(self, path: Path) -> None:
+        """Raise one line when the config was made for another input file (a mixed plan)."""
 
     def quantize(
         self, model: onnx.ModelProto, meta: ModelMetadata, calib: Any, progress: bool = True

@@ -191,49 +191,62 @@ class Plan:
     convs: dict[str, int] = field(default_factory=dict)  # Conv node name -> weight bits
 
 
-def plan(model: onnx.ModelProto, meta: ModelMetadata, config: WxAxConfig) -> Plan:
+# (weight bits, activation bits); None activation bits: weights only, activations stay float.
+Precision = tuple[int, int | None]
+
+
+def plan(
+    model: onnx.ModelProto, meta: ModelMetadata, config: WxAxConfig, precisions: dict[str, Precision] | None = None
+) -> Plan:
+    """What ``config`` quantizes in ``model``: every MatMul/Gemm/Conv input at the scheme's widths, or
+    with ``precisions`` (node name -> widths; a mixed-precision plan) only the nodes listed, at theirs."""
     graph = model.graph
     constants = {i.name for i in graph.initializer} | {
         o for n in graph.node if n.op_type == "Constant" for o in n.output
     }
     producers = _producers(graph)
-    edge_bits = 8 if config.first_last_8bit else config.act_bits
-    edge_weight_bits = 8 if config.first_last_8bit else config.weight_bits
-    act = ActSpec(config.act_bits)
+    uniform: Precision = (config.weight_bits, config.act_bits)
     out = Plan()
     heads = {layer.node.name for layer in find_layers(graph, meta) if layer.is_head}
     layer_names = {layer.node.name for layer in find_layers(graph, meta)}
-    float_tensors = _float_tensors(model)
+    float_tensors = _float_tensors(model) if precisions is None and config.quantize_ops == "all" else set()
     for node in graph.node:
+        widths = uniform if precisions is None else precisions.get(node.name)
+        if widths is None:
+            continue
+        weight_bits, act_bits = widths
+        edge = config.first_last_8bit and (node.name in heads or node.op_type == "Conv")
         if node.name in layer_names:
-            head = node.name in heads
-            out.layers[node.name] = edge_weight_bits if head else config.weight_bits
-            if head:
-                spec = ActSpec(edge_bits)
+            out.layers[node.name] = 8 if edge else weight_bits
+            if act_bits is None:
+                continue
+            if edge:
+                spec = ActSpec(8)
             elif _is_gelu_output(node.input[0], producers):
-                spec = ActSpec(config.act_bits, signed=not config.gelu_asym)
+                spec = ActSpec(act_bits, signed=not config.gelu_asym)
             else:
-                spec = act
+                spec = ActSpec(act_bits)
             out.acts[(node.name, 0)] = (node.input[0], spec)
         elif node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in constants:
-            out.convs[node.name] = edge_weight_bits
-            out.acts[(node.name, 0)] = (node.input[0], ActSpec(edge_bits))
-        elif node.op_type == "MatMul":  # attention: q @ k^T and softmax @ v, both inputs activations
+            out.convs[node.name] = 8 if edge else weight_bits
+            if act_bits is not None:
+                out.acts[(node.name, 0)] = (node.input[0], ActSpec(8 if edge else act_bits))
+        elif node.op_type == "MatMul" and act_bits is not None:  # attention: q @ k^T and softmax @ v
             for index, name in enumerate(node.input[:2]):
                 source = producers.get(name)
                 if source is not None and source.op_type == "Softmax":
                     spec = {
                         "uint8": ActSpec(8, fixed=(0.0, 1.0)),
-                        "act": ActSpec(config.act_bits, fixed=(0.0, 1.0)),
-                        "log2": ActSpec(config.act_bits, log2=True),
+                        "act": ActSpec(act_bits, fixed=(0.0, 1.0)),
+                        "log2": ActSpec(act_bits, log2=True),
                     }[config.softmax]
                 else:
-                    spec = act
+                    spec = ActSpec(act_bits)
                 out.acts[(node.name, index)] = (name, spec)
-        elif config.quantize_ops == "all" and node.op_type in ALL_OPS:
+        elif node.op_type in ALL_OPS and float_tensors:  # --quantize-ops all (uniform schemes only)
             for index, name in enumerate(node.input):
                 if name and name not in constants and name in float_tensors:
-                    out.acts[(node.name, index)] = (name, act)
+                    out.acts[(node.name, index)] = (name, ActSpec(act_bits))
     return out
 
 
@@ -244,29 +257,80 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------- the pipeline
-def quantize_wxax(
-    model: onnx.ModelProto, meta: ModelMetadata, config: WxAxConfig, calib: Any
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """The quantized copy of ``model`` and the scheme's record details; ``meta.head`` follows the head."""
+@dataclass
+class Calibrated:
+    """What calibration measured on the float model, enough to write any sub-plan without re-reading images.
+
+    ``ranges``: per-channel ranges of the post-LayerNorm sites (for the reparameterization);
+    ``stats`` and ``hessians`` were gathered on the model with those sites reparameterized.
+    """
+
+    model: onnx.ModelProto  # the input, nodes named
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]]
+    stats: dict[str, Stats]
+    hessians: dict[str, np.ndarray]
+
+
+def calibrate_wxax(
+    model: onnx.ModelProto,
+    meta: ModelMetadata,
+    config: WxAxConfig,
+    calib: Any,
+    precisions: dict[str, Precision] | None = None,
+) -> Calibrated:
+    """One calibration pass for ``config`` (and ``precisions``); ``write_wxax`` then writes it or any part."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     _name_nodes(work)
-    details: dict[str, Any] = {"format": "qdq", "options": {k: getattr(config, k) for k in _option_names(config)}}
+    ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    calibrated = work
     if config.reparam:
-        sites = find_sites(work)
-        ranges = _channel_ranges(work, [s.output for s in sites], calib, config.threads)
-        work, done = reparameterize(work, ranges, config.alpha)
-        details["reparameterized"] = done
-    the_plan = plan(work, meta, config)
-    layers = {layer.node.name: layer for layer in find_layers(work.graph, meta)}
+        sites = _reparam_sites(work, plan(work, meta, config, precisions))
+        ranges = _channel_ranges(work, sites, calib, config.threads)
+        calibrated, _ = reparameterize(work, ranges, config.alpha)
+    the_plan = plan(calibrated, meta, config, precisions)
+    layers = {layer.node.name: layer for layer in find_layers(calibrated.graph, meta)}
     hessian_inputs = [layers[n].node.input[0] for n in the_plan.layers] if config.weight_algo == "gptq" else []
-    stats, hessians = _calibrate(work, the_plan, hessian_inputs, calib, config.threads)
+    stats, hessians = _calibrate(calibrated, the_plan, hessian_inputs, calib, config.threads)
+    return Calibrated(work, ranges, stats, hessians)
+
+
+def write_wxax(
+    calibrated: Calibrated, meta: ModelMetadata, config: WxAxConfig, precisions: dict[str, Precision] | None = None
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The quantized copy and the record details; ``precisions`` may be any part of the calibrated plan."""
+    model = calibrated.model
+    details: dict[str, Any] = {"format": "qdq", "options": {k: getattr(config, k) for k in _option_names(config)}}
+    work = model
+    if config.reparam:
+        sites = _reparam_sites(model, plan(model, meta, config, precisions))
+        work, done = reparameterize(
+            model, {s: calibrated.ranges[s] for s in sites if s in calibrated.ranges}, config.alpha
+        )
+        details["reparameterized"] = done
+    the_plan = plan(work, meta, config, precisions)
     head_bias = read_head(model)[1] if meta.head is not None else None
-    out = _rewrite(work, meta, config, the_plan, stats, hessians, head_bias)
+    out = _rewrite(work, meta, config, the_plan, calibrated.stats, calibrated.hessians, head_bias)
     details["quantized_activations"] = len(the_plan.acts)
     details["quantized_layers"] = len(the_plan.layers) + len(the_plan.convs)
     details["bits_8_layers"] = sorted(n for n, b in {**the_plan.layers, **the_plan.convs}.items() if b == 8)
     return out, details
+
+
+def quantize_wxax(
+    model: onnx.ModelProto,
+    meta: ModelMetadata,
+    config: WxAxConfig,
+    calib: Any,
+    precisions: dict[str, Precision] | None = None,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The quantized copy of ``model`` and the scheme's record details; ``meta.head`` follows the head."""
+    return write_wxax(calibrate_wxax(model, meta, config, calib, precisions), meta, config, precisions)
+
+
+def _reparam_sites(model: onnx.ModelProto, the_plan: Plan) -> list[str]:
+    """The post-LayerNorm sites worth reparameterizing: every reader's input is activation-quantized."""
+    return [s.output for s in find_sites(model) if all((m.name, 0) in the_plan.acts for m in s.matmuls)]
 
 
 def _option_names(config: WxAxConfig) -> list[str]:
