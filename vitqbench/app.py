@@ -3,6 +3,7 @@ summary, fail at the end. The library below (evaluate, report) knows nothing of 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -10,10 +11,11 @@ from rich.table import Table
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.run import EvalConfig, run_eval
+from vitqbench.evaluate.sensitivity import SensitivityConfig, check_sensitivity, run_sensitivity
 from vitqbench.evaluate.sweep import SweepConfig, SweepOptions, run_sweep
-from vitqbench.files import check_output_dir, output_folder
+from vitqbench.files import check_output_dir, output_folder, write_text_atomic
 from vitqbench.report import write_report
-from vitqbench.results import MEAN, METRICS, OOD_GROUPS, EvalResults, mean_title
+from vitqbench.results import MEAN, METRICS, OOD_GROUPS, EvalResults, SensitivityResults, mean_title
 
 
 def parse_ood_args(items: list[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -77,6 +79,28 @@ def finish_run(
     print_summary(results, console)
     console.print(f"report: {out_dir / 'report.md'}  (results.json, results.csv, plots/)")
     raise_failures(results, out_dir)
+    return results
+
+
+def finish_sensitivity(config: SensitivityConfig, plan_out: Path | None, console: Console) -> SensitivityResults:
+    """Check every setting, run the sensitivity study, write its files (and the plan), print where they are."""
+    from vitqbench.report.sensitivity import write_sensitivity
+
+    check_sensitivity(config)  # bad input: one line, nothing created
+    if not config.model.is_file():
+        raise VitqbenchError(f"model {config.model} does not exist")
+    check_output_dir(config.out)
+    with output_folder(config.out):
+        results = run_sensitivity(config)
+        write_sensitivity(results, config.out)
+        if results.plan is not None:
+            plan_path = plan_out or config.out / "plan.json"
+            write_text_atomic(plan_path, json.dumps(results.plan["plan"], indent=2) + "\n")
+    console.print(f"sensitivity: {len(results.rows)} unit models in {results.wall_s:.0f} s")
+    if results.plan is not None:
+        verdict = "meets" if results.plan["met"] else "does NOT meet"
+        console.print(f"plan {results.plan['label']} {verdict} the budget: {plan_out or config.out / 'plan.json'}")
+    console.print(f"report: {config.out / 'sensitivity.md'}  (sensitivity.json, sensitivity.csv, plots/)")
     return results
 
 
@@ -153,9 +177,7 @@ def print_summary(results: EvalResults, console: Console) -> None:
             "about trained models; use them for speed and size only[/]"
         )
     c = results.cache
-    console.print(
-        f"cache: {c['hits']} cell(s) reused, {c['computed']} computed, {c['samples_computed']} samples run"
-    )
+    console.print(f"cache: {c['hits']} cell(s) reused, {c['computed']} computed, {c['samples_computed']} samples run")
 
 
 def _pct(value: float | None) -> str:

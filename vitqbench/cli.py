@@ -484,6 +484,77 @@ def eval_(
     finish_run(config, out, save_outputs=save_outputs, console=console, plot_scores=plot_scores)
 
 
+# ----------------------------------------------------------------------------------------- sensitivity
+@app.command()
+def sensitivity(
+    model: Path = typer.Argument(..., help="An fp32 vitqbench ONNX file (from `vitqbench export`)."),
+    scheme: list[str] = typer.Option(
+        ["w4a4"], "--scheme", help="Unit precision(s) to measure (repeatable): w8a8, w6a6, w4a8, w4, w4a4."
+    ),
+    calib: str = typer.Option(..., "--calib", help="Calibration DATA (one calibration per precision)."),
+    calib_size: int = typer.Option(256, "--calib-size", help="Calibration images (a seeded random subset)."),
+    id_: str = typer.Option(..., "--id", help="ID set as [NAME=]DATA."),
+    ood: list[str] = typer.Option(..., "--ood", help="OOD set as [near:|far:]NAME=DATA (repeatable)."),
+    fit: str | None = typer.Option(None, "--fit", help="DATA the feature scores are fitted on (ID train)."),
+    scores: str | None = typer.Option(None, "--scores", help="Comma-separated scores (default: all that can run)."),
+    granularity: str = typer.Option("block", "--granularity", help="layer (each linear / attention matmul) or block."),
+    budget: str | None = typer.Option(
+        None, "--budget", help="Plan a mixed model within deltas in points, e.g. 'aupr_out>=-1.0,top1>=-0.5'."
+    ),
+    candidates: str | None = typer.Option(
+        None, "--candidates", help="Precisions a plan may use besides fp32 (default: every --scheme)."
+    ),
+    plan_out: Path | None = typer.Option(None, "--plan-out", help="Where the plan goes (default: OUT/plan.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: sensitivity.{json,csv,md}, plots/, models/."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: physical cores)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per inference batch."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where image-list paths start."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Cache folder (default: ~/.cache/vitqbench)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration subset and of n= subsets."),
+    fpr_convention: str = FPR_CONVENTION_OPTION,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    executor: str = typer.Option("inprocess", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+) -> None:
+    """Which layers' (or blocks') quantization hurts accuracy and OOD detection; with --budget, a mixed plan."""
+    from vitqbench.app import finish_sensitivity, parse_id_arg, parse_ood_args
+    from vitqbench.evaluate import EvalConfig
+    from vitqbench.evaluate.sensitivity import SensitivityConfig
+    from vitqbench.quant import CalibConfig
+
+    ood_specs, ood_groups = parse_ood_args(ood)
+    id_name, id_spec = parse_id_arg(id_)
+    evaluation = EvalConfig(
+        models=[model],
+        id=id_spec,
+        id_name=id_name,
+        ood=ood_specs,
+        ood_groups=ood_groups,
+        fit=fit,
+        scores=scores,
+        threads=threads,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        data_root=data_root,
+        seed=seed,
+        fpr_convention=fpr_convention,
+        executor=executor,
+        ray_address=ray_address,
+    )
+    config = SensitivityConfig(
+        model=model,
+        calib=CalibConfig(data=calib, size=calib_size, seed=seed, data_root=data_root),
+        eval=evaluation,
+        out=out,
+        precisions=[s.strip() for item in scheme for s in item.split(",") if s.strip()],
+        granularity=granularity,
+        budget=budget,
+        candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates else None,
+        progress=progress,
+    )
+    finish_sensitivity(config, plan_out, console)
+
+
 # ----------------------------------------------------------------------------------------------- sweep
 @app.command()
 def sweep(

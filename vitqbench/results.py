@@ -287,3 +287,45 @@ def _append(out: list[Delta], model, base, dataset, score, metric, value, ref) -
     diff = float(value) - float(ref)
     rel = diff / abs(float(ref)) if ref != 0 else None
     out.append(Delta(model, base, dataset, score, metric, float(value), float(ref), diff, rel))
+
+
+# ------------------------------------------------------------------------------------------ sensitivity
+LOGIT_ERROR = "logit_error"  # relative L2 error of the ID logits against the fp32 model's, in percent
+
+
+@dataclass
+class UnitSensitivity:
+    """One unit (or ``all``: the uniform model) at one precision, everything else fp32: deltas in points.
+
+    ``deltas`` keys: ``top1``, ``logit_error`` (the value itself, fp32 has 0) and ``SCORE.METRIC`` for
+    the mean over the real OOD sets, each score refitted on the quantized model's own fit outputs; the
+    same key ending ``@fp32-fit`` holds the score fitted once on the fp32 model (feature scores only).
+    """
+
+    unit: str
+    precision: str
+    weight_bytes: int
+    deltas: dict[str, float] = field(default_factory=dict)
+    label: str = ""  # the eval's model label
+    execution: str | None = None  # integer-kernels | emulated (read from the graph ORT runs)
+
+
+@dataclass
+class SensitivityResults:
+    model: str
+    model_sha256: str
+    granularity: str
+    precisions: list[str]
+    scores: list[str]
+    units: list[str]
+    fp32: dict[str, float]  # the fp32 model's absolute values (points), same keys as the deltas
+    rows: list[UnitSensitivity]
+    uniform: list[UnitSensitivity]
+    ranking: list[dict[str, Any]] = field(default_factory=list)  # ID vs OOD ranks of the units
+    plan: dict[str, Any] | None = None  # --budget: the chosen plan, its estimate, the verified model
+    settings: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

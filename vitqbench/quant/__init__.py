@@ -8,6 +8,7 @@ the quantization record and saving atomically. The schemes themselves live in th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -40,6 +41,7 @@ __all__ = [
     "SchemeConfig",
     "create_scheme",
     "quantize_model",
+    "save_quantized",
     "register_scheme",
     "scheme_names",
     "scheme_options",
@@ -84,10 +86,17 @@ def quantize_model(
     calib_set = calibration_set(calib, meta.data_config, progress=progress) if config.needs_calibration else None
     # A scheme that replaces the head points ``meta.head`` at the head it computes with (attach_head).
     quantized, record = config.quantize(model, meta, calib_set, progress=progress)
+    return save_quantized(in_path, out_path, meta, quantized, record, calib_set)
+
+
+def save_quantized(
+    in_path: Path, out_path: Path, meta: ModelMetadata, quantized: onnx.ModelProto, record: QuantRecord, calib_set: Any
+) -> ModelMetadata:
+    """Write ``quantized`` atomically with ``meta`` (the parent's, its head already pointed) and the record."""
     meta.quantization = {
         **record.as_dict(),
         "calibration": calib_set.record() if calib_set is not None else None,
-        "seed": calib.seed if calib_set is not None else None,
+        "seed": calib_set.config.seed if calib_set is not None else None,
         "parent": {"file": in_path.name, "sha256": sha256_file(in_path), "display_name": meta.display_name},
     }  # no timings: the same inputs give the same bytes, so eval's cache (keyed on the file hash) holds
     # The 4-bit qdq format needs a newer opset than the export's.
