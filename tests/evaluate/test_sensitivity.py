@@ -56,14 +56,14 @@ def _synthetic(rng):
 def test_the_search_respects_the_budget_on_synthetic_deltas(seed):
     units, sizes, deltas = _synthetic(np.random.default_rng(seed))
     budget = [Constraint("top1", ">=", -1.0), Constraint("energy.aupr_out", ">=", -2.0)]
-    choice = plan_search(units, sizes, deltas, budget, ["w4a4", "w8a8"])
+    choice = plan_search(units, sizes, deltas, budget, ["w4a4", "w8a8", "fp32"])
     for c in budget:
         total = sum(0.0 if p == "fp32" else deltas[(u, p)][c.key] for u, p in choice.items())
         assert c.deficit(total) == 0
     size = sum(sizes[u][p] for u, p in choice.items())
     assert size <= sum(sizes[u]["w8a8"] for u in units)  # w8a8 everywhere meets it here; never larger
     # A looser budget never needs more bytes.
-    loose = plan_search(units, sizes, deltas, [c.shifted(-5) for c in budget], ["w4a4", "w8a8"])
+    loose = plan_search(units, sizes, deltas, [c.shifted(-5) for c in budget], ["w4a4", "w8a8", "fp32"])
     assert sum(sizes[u][p] for u, p in loose.items()) <= size
     anything = plan_search(units, sizes, deltas, [Constraint("top1", ">=", -100)], ["w4a4"])
     assert set(anything.values()) == {"w4a4"}
@@ -72,14 +72,25 @@ def test_the_search_respects_the_budget_on_synthetic_deltas(seed):
 def test_a_budget_asking_for_gains_is_refused():
     units, sizes, deltas = _synthetic(np.random.default_rng(0))
     with pytest.raises(VitqbenchError, match="even with every unit in fp32"):
-        plan_search(units, sizes, deltas, [Constraint("top1", ">=", 0.5)], ["w4a4"])
+        plan_search(units, sizes, deltas, [Constraint("top1", ">=", 0.5)], ["w4a4", "fp32"])
+    with pytest.raises(VitqbenchError, match="widest candidate"):
+        plan_search(units, sizes, deltas, [Constraint("top1", ">=", -0.01)], ["w4a4", "w8a8"])
+
+
+def test_weightless_units_start_at_the_fewest_bits():
+    """An attention matmul has no weight bytes at any precision: ties go to the narrower precision."""
+    sizes = {"qk": {"fp32": 0, "w8a8": 0, "w4a4": 0}}
+    deltas = {("qk", "w4a4"): {"top1": -0.1}, ("qk", "w8a8"): {"top1": 0.0}}
+    assert plan_search(["qk"], sizes, deltas, [Constraint("top1", ">=", -1)], ["fp32", "w8a8", "w4a4"]) == {
+        "qk": "w4a4"
+    }
 
 
 def test_ranking_compares_id_and_ood_orders():
     rows = [
-        UnitSensitivity("a", "w4a4", 1, {"top1": -3.0, "msp.aupr_out": -0.1}),
-        UnitSensitivity("b", "w4a4", 1, {"top1": -2.0, "msp.aupr_out": -0.2}),
-        UnitSensitivity("c", "w4a4", 1, {"top1": -1.0, "msp.aupr_out": -5.0}),
+        UnitSensitivity("a", "w4a4", 1, {"logit_error": 3.0, "msp.aupr_out": -0.1}),
+        UnitSensitivity("b", "w4a4", 1, {"logit_error": 2.0, "msp.aupr_out": -0.2}),
+        UnitSensitivity("c", "w4a4", 1, {"logit_error": 1.0, "msp.aupr_out": -5.0}),
     ]
     (rank,) = rank_units(rows, ["msp"])
     assert rank["spearman"] == pytest.approx(-1.0)

@@ -92,19 +92,20 @@ def plan_search(
     constraints: list[Constraint],
     precisions: list[str],
 ) -> dict[str, str]:
-    """The smallest assignment (unit -> precision, fp32 allowed) whose summed deltas meet ``constraints``.
+    """The smallest assignment (unit -> one of ``precisions``) whose summed deltas meet ``constraints``.
 
-    Greedy: start every unit at its smallest measured precision; while a constraint is broken,
-    move the one unit to the larger precision with the most deficit recovered per byte added.
-    ``deltas[(unit, precision)]`` holds that unit's measured deltas (fp32: all zero).
+    Greedy: start every unit at its smallest measured precision (ties: fewer bits); while a
+    constraint is broken, move the one unit to the larger precision with the most deficit recovered
+    per byte added. ``deltas[(unit, precision)]`` holds that unit's measured deltas; ``fp32``, when
+    listed, is always available with zero deltas.
     """
 
     def delta(unit: str, precision: str, key: str) -> float:
         return 0.0 if precision == "fp32" else deltas.get((unit, precision), {}).get(key, 0.0)
 
     def options(unit: str) -> list[str]:
-        measured = [p for p in precisions if (unit, p) in deltas]
-        return sorted([*measured, "fp32"], key=lambda p: (sizes[unit][p], p))
+        usable = [p for p in precisions if p == "fp32" or (unit, p) in deltas]
+        return sorted(usable, key=lambda p: (sizes[unit][p], _bits(p)))
 
     choice = {u: options(u)[0] for u in units}
 
@@ -130,12 +131,21 @@ def plan_search(
                 score = gain / (extra + 1)
                 if gain > 1e-12 and score > best_gain:
                     best, best_gain = (unit, option), score
-        if best is None:  # only possible when fp32 everywhere still misses: the budget asks for gains
+        if best is None:
+            widest = "fp32" if "fp32" in precisions else "its widest candidate"
             raise VitqbenchError(
-                "the budget cannot be met even with every unit in fp32: "
+                f"the budget cannot be met even with every unit in {widest}: "
                 + ", ".join(str(c) for c, d in deficits.items() if d)
             )
         choice[best[0]] = best[1]
+
+
+def _bits(precision: str) -> tuple[int, int]:
+    """(weight bits, activation bits) for ordering: fp32 and float activations count 32."""
+    from vitqbench.quant.mixed import UNIT_PRECISIONS
+
+    widths = UNIT_PRECISIONS[precision]
+    return (32, 32) if widths is None else (widths[0], widths[1] or 32)
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -148,7 +158,7 @@ class SensitivityConfig:
     precisions: list[str] = field(default_factory=lambda: ["w4a4"])
     granularity: str = "block"
     budget: str | None = None
-    candidates: list[str] | None = None  # precisions a plan may use (default: the measured ones)
+    candidates: list[str] | None = None  # precisions a plan may use (default: the measured ones and fp32)
     progress: bool = True
 
 
@@ -432,9 +442,11 @@ def _fp32_fit_values(results: EvalResults, label: str, fitted: dict[str, Any]) -
 
 # --------------------------------------------------------------------------------------------- ranks
 def rank_units(rows: list[UnitSensitivity], scores: list[str]) -> list[dict[str, Any]]:
-    """Per precision and score: how the units rank by ID damage (top-1) vs OOD damage (AUPR-out).
+    """Per precision and score: how the units rank by ID damage vs OOD damage.
 
-    Spearman's rho between the two rankings, and the units whose ranks differ most.
+    ID damage is the logit error (continuous; a single unit's top-1 delta is mostly a few images),
+    OOD damage the fall in AUPR-out. Spearman's rho between the two, and the units whose ranks
+    differ most (rank 1: the most harmful).
     """
     from scipy.stats import spearmanr
 
@@ -443,19 +455,17 @@ def rank_units(rows: list[UnitSensitivity], scores: list[str]) -> list[dict[str,
         mine = [r for r in rows if r.precision == precision]
         for score in scores:
             key = f"{score}.aupr_out"
-            have = [r for r in mine if "top1" in r.deltas and key in r.deltas]
+            have = [r for r in mine if LOGIT_ERROR in r.deltas and key in r.deltas]
             if len(have) < 3:
                 continue
-            id_rank = _ranks([r.deltas["top1"] for r in have])
-            ood_rank = _ranks([r.deltas[key] for r in have])
-            id_values, ood_values = [r.deltas["top1"] for r in have], [r.deltas[key] for r in have]
-            constant = np.ptp(id_values) == 0 or np.ptp(ood_values) == 0  # rho undefined
-            rho = np.nan if constant else spearmanr(id_values, ood_values).statistic
+            id_harm = [r.deltas[LOGIT_ERROR] for r in have]
+            ood_harm = [-r.deltas[key] for r in have]
+            constant = np.ptp(id_harm) == 0 or np.ptp(ood_harm) == 0  # rho undefined
+            rho = np.nan if constant else spearmanr(id_harm, ood_harm).statistic
+            id_rank, ood_rank = _ranks(id_harm), _ranks(ood_harm)
+            pairs = zip(have, id_rank, ood_rank, strict=True)
             moved = sorted(
-                (
-                    {"unit": r.unit, "id_rank": int(i), "ood_rank": int(o)}
-                    for r, i, o in zip(have, id_rank, ood_rank, strict=True)
-                ),
+                ({"unit": r.unit, "id_rank": int(i), "ood_rank": int(o)} for r, i, o in pairs),
                 key=lambda m: -abs(m["id_rank"] - m["ood_rank"]),
             )
             out.append(
@@ -464,17 +474,17 @@ def rank_units(rows: list[UnitSensitivity], scores: list[str]) -> list[dict[str,
                     "score": score,
                     "spearman": None if np.isnan(rho) else float(rho),
                     "most_ood_harmful": [r.unit for r in sorted(have, key=lambda r: r.deltas[key])[:3]],
-                    "most_id_harmful": [r.unit for r in sorted(have, key=lambda r: r.deltas["top1"])[:3]],
+                    "most_id_harmful": [r.unit for r in sorted(have, key=lambda r: -r.deltas[LOGIT_ERROR])[:3]],
                     "rank_changes": [m for m in moved[:5] if m["id_rank"] != m["ood_rank"]],
                 }
             )
     return out
 
 
-def _ranks(values: list[float]) -> np.ndarray:
-    """Rank 1 = the most harmful (most negative delta); ties share the smaller rank."""
-    order = np.asarray(values)
-    return np.array([1 + int(np.sum(order < v)) for v in order])
+def _ranks(harm: list[float]) -> np.ndarray:
+    """Rank 1 = the most harmful (largest harm); ties share the smaller rank."""
+    values = np.asarray(harm)
+    return np.array([1 + int(np.sum(values > v)) for v in values])
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -489,8 +499,8 @@ def _plan(
 ) -> dict[str, Any]:
     from vitqbench.quant.mixed import MixedPlan
 
-    candidates = config.candidates or config.precisions
-    unknown = [p for p in candidates if p not in config.precisions]
+    candidates = config.candidates or [*config.precisions, "fp32"]
+    unknown = [p for p in candidates if p not in (*config.precisions, "fp32")]
     if unknown:
         raise VitqbenchError(f"--candidates {', '.join(unknown)} were not measured: add them to --scheme")
     deltas = {(r.unit, r.precision): r.deltas for r in rows if r.precision in candidates}
@@ -510,6 +520,7 @@ def _plan(
         measured[LOGIT_ERROR] = _logit_error(results, "mixed", config.eval.id_name or config.eval.id)
         base[LOGIT_ERROR] = 0.0
         verified = {c.key: measured[c.key] - base[c.key] for c in constraints}
+        measured_all = {k: v - base[k] for k, v in measured.items() if k in base}
         rounds.append(
             {
                 "assignment": assignment,
@@ -517,6 +528,7 @@ def _plan(
                 "estimated": estimate,
                 "verified": verified,
                 "gap": {k: verified[k] - estimate[k] for k in verified},
+                "measured": measured_all,
                 "weight_bytes": sum(sizes[u][p] for u, p in assignment.items()),
                 "file_bytes": path.stat().st_size,
                 "path": str(path),

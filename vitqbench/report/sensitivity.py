@@ -123,8 +123,9 @@ def _ranking_blocks(results: SensitivityResults) -> list[Block]:
         Heading("ID vs OOD: do they rank the units alike?", 2),
         Para(
             [
-                "Spearman's rho between the units' Δ top-1 and Δ AUPR-out (1: the same order). Rank 1 is "
-                "the most harmful unit; the units listed are those whose ID and OOD ranks differ most."
+                "Spearman's rho between the units' ID damage (logit error: one unit's top-1 delta is a few "
+                "images) and OOD damage (fall in AUPR-out); 1: the same order. Rank 1 is the most harmful "
+                "unit; the last column lists the units whose ID and OOD ranks differ most."
             ]
         ),
     ]
@@ -136,7 +137,7 @@ def _ranking_blocks(results: SensitivityResults) -> list[Block]:
             [r["precision"], r["score"], rho, ", ".join(r["most_id_harmful"]), ", ".join(r["most_ood_harmful"]), moved]
         )
     blocks.append(
-        Table(["precision", "score", "rho", "worst for top-1", "worst for AUPR-out", "rank ID→OOD"], rows, {2})
+        Table(["precision", "score", "rho", "worst for ID", "worst for AUPR-out", "rank ID→OOD"], rows, {2})
     )
     return blocks
 
@@ -169,7 +170,12 @@ def _plan_blocks(results: SensitivityResults) -> list[Block]:
         cells = [_title(key), _fmt(final["estimated"][key]), _fmt(final["verified"][key]), _fmt(final["gap"][key])]
         cells += [_fmt(uniform[p].deltas.get(key)) if p in uniform else "–" for p in results.precisions]
         rows.append(cells)
-    header = ["constraint metric", "sum of unit deltas", "mixed model (measured)", "interaction gap"]
+    for key in ("top1", LOGIT_ERROR):  # not constrained: the measured value, for reference
+        if key not in final["verified"] and key in final.get("measured", {}):
+            cells = [_title(key), "", _fmt(final["measured"][key]), ""]
+            cells += [_fmt(uniform[p].deltas.get(key)) if p in uniform else "–" for p in results.precisions]
+            rows.append(cells)
+    header = ["metric (constrained first)", "sum of unit deltas", "mixed model (measured)", "interaction gap"]
     header += [f"uniform {p}" for p in results.precisions]
     blocks.append(Table(header, rows, set(range(1, len(header)))))
     sizes = [f"uniform {r.precision}: {r.weight_bytes / 1024:.1f} KiB" for r in results.uniform]
