@@ -175,6 +175,8 @@ class MixedConfig(WxAxConfig):
         super().check()
         if self.granularity not in GRANULARITIES:
             raise VitqbenchError(f"mixed: granularity {self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        if not any(p != FP32 for p in self.units.values()):
+            raise VitqbenchError("mixed: no unit is quantized; give a plan (vitqbench quantize --plan PLAN.json)")
         if self.quantize_ops != "matmul":
             raise VitqbenchError("mixed: only quantize_ops matmul (the residual stream stays float)")
         for precision in self.units.values():
