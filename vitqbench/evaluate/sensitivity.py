@@ -249,14 +249,12 @@ class _UnitModels:
 
     def unit_models(self) -> dict[str, tuple[str, str, Path]]:
         """label -> (unit or ``all``, precision, path): the fp32 model first, then each precision's units."""
-        from vitqbench.quant.mixed import node_precisions
-
         out: dict[str, tuple[str, str, Path]] = {"fp32": ("", "fp32", self.config.model)}
         for precision in self.config.precisions:
             everything = {u.name: precision for u in self.units}
             wanted = {ALL_UNITS: everything}
             for unit in self.units:
-                if node_precisions([unit], {unit.name: precision}) and _quantizes(unit, precision, self.named):
+                if _quantizes(unit, precision, self.named):
                     wanted[unit.name] = {unit.name: precision}
             missing = {n: a for n, a in wanted.items() if not self._valid(self._path(precision, n), a)}
             if missing:
