@@ -97,7 +97,8 @@ def export(
     interpolation: str | None = typer.Option(None, help="Override resize interpolation (bicubic, bilinear)."),
     crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (timm's crop_pct, 0.1-2)."),
     attention: bool = typer.Option(
-        False, "--attention", help="Also output each block's class-token attention and per-head attention entropy."
+        False, "--attention", help="Also output each block's class-token attention, per-head attention entropy and the "
+        "class token's attention rollout."
     ),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, read_metadata
+from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT, read_metadata
 from vitqbench.runtime import create_session
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 10}
@@ -43,12 +43,52 @@ def test_attention_outputs_are_distributions_and_entropies(attention_onnx):
     assert (out[ATTN_ENTROPY] >= 0).all() and (out[ATTN_ENTROPY] <= np.log(tokens) + 1e-5).all()
 
 
+def _reference_probs(x: np.ndarray) -> list[np.ndarray]:
+    """Each block's attention probabilities [B, heads, N, N], recomputed from q and k (not from the export's hook)."""
+    import torch
+
+    from vitqbench.export.model import build_model
+
+    net = build_model("deit_tiny_patch16_224", pretrained=False, model_kwargs=TINY, seed=0).model
+    probs = []
+
+    def hook(attn, args):
+        (h,) = args
+        b, n, c = h.shape
+        qkv = attn.qkv(h).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
+        probs.append(torch.softmax(q * attn.scale @ k.transpose(-2, -1), dim=-1).double().numpy())
+
+    for block in net.blocks:
+        block.attn.register_forward_pre_hook(hook)
+    with torch.no_grad():
+        net(torch.from_numpy(x))
+    return probs
+
+
+def test_attention_outputs_equal_a_pytorch_reference_rollout_included(attention_onnx):
+    x = _x()
+    out = _run(attention_onnx, x)
+    probs = _reference_probs(x)
+    np.testing.assert_allclose(out[ATTN_CLS], np.stack([p[:, :, 0, :].mean(1) for p in probs], 1), atol=1e-4)
+    entropy = np.stack([-(p * np.log(np.clip(p, 1e-12, None))).sum(-1).mean(-1) for p in probs], 1)
+    np.testing.assert_allclose(out[ATTN_ENTROPY], entropy, atol=1e-4)
+    tokens = probs[0].shape[-1]
+    rollout = np.broadcast_to(np.eye(tokens), probs[0].shape[:1] + (tokens, tokens))
+    for p in probs:  # Abnar & Zuidema: R_l = A'_l R_(l-1), A' = 0.5 mean_heads(A) + 0.5 I, rows renormalized
+        a = 0.5 * p.mean(1) + 0.5 * np.eye(tokens)
+        rollout = (a / a.sum(-1, keepdims=True)) @ rollout
+    np.testing.assert_allclose(out[ATTN_ROLLOUT], rollout[:, 0, :], atol=1e-4)
+    np.testing.assert_allclose(out[ATTN_ROLLOUT].sum(-1), 1.0, atol=1e-5)
+    assert read_metadata(attention_onnx).attention == {"prefix_tokens": 1, "grid": [4, 4]}
+
+
 def test_the_plain_export_has_no_attention_outputs_and_the_same_logits(attention_onnx, tmp_path):
     from vitqbench.export import export_model
 
     plain = tmp_path / "plain.onnx"
     export_model("deit_tiny_patch16_224", plain, pretrained=False, model_kwargs=TINY)
-    assert set(read_metadata(plain).outputs) == {"logits", "features"}
+    assert set(read_metadata(plain).outputs) == {"logits", "features"} and read_metadata(plain).attention is None
     x = _x()
     np.testing.assert_allclose(_run(attention_onnx, x)["logits"], _run(plain, x)["logits"], atol=1e-5)
 
@@ -64,7 +104,7 @@ def test_every_scheme_keeps_the_attention_outputs(attention_onnx, tmp_path, sche
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / f"{scheme}.onnx"
     meta = quantize_model(attention_onnx, out, scheme, CalibConfig(str(folder), size=4), progress=False)
-    assert {ATTN_CLS, ATTN_ENTROPY} <= set(meta.outputs)
+    assert {ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT} <= set(meta.outputs) and meta.attention["grid"] == [4, 4]
     got, ref = _run(out, _x()), _run(attention_onnx, _x())
     assert got[ATTN_CLS].shape == ref[ATTN_CLS].shape and np.isfinite(got[ATTN_ENTROPY]).all()
     # Quantized softmax inputs round the probabilities: still close to distributions.
