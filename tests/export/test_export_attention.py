@@ -169,3 +169,23 @@ def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli)
     export_model("deit_tiny_patch16_224", plain, pretrained=False, model_kwargs=TINY, verify=False)
     result = run_cli("eval", "-m", plain, "--id", "digits:test:n=10", "--attention", "-o", tmp_path / "o2")
     assert result.code == 2 and "plain has no attention outputs" in result.stderr
+
+
+def test_attention_scores_run_where_the_outputs_are_and_fail_in_one_line_where_not(attention_onnx, tmp_path):
+    from vitqbench.evaluate import EvalConfig, run_eval
+    from vitqbench.export import export_model
+
+    plain = tmp_path / "plain.onnx"
+    export_model("deit_tiny_patch16_224", plain, pretrained=False, model_kwargs=TINY, verify=False)
+    config = EvalConfig(
+        models=[attention_onnx, plain], id="digits:test:n=30", scores="msp,attn_entropy,rollout",
+        ood={"d": "digits:train:n=20"}, cache_dir=tmp_path / "c", progress=False,
+    )  # fmt: skip
+    results = run_eval(config)
+    got = {(r.model, r.score) for r in results.ood_metrics if r.dataset == "d"}
+    assert {("attn", "attn_entropy"), ("attn", "rollout"), ("attn", "msp"), ("plain", "msp")} == got
+    failed = {(f.model, f.stage): f.message for f in results.failures}
+    assert set(failed) == {("plain", "score attn_entropy"), ("plain", "score rollout")}
+    assert all("`vitqbench export --attention`" in m and "\n" not in m for m in failed.values())
+    rollout = results.samples[("attn", "d")]["rollout"]
+    assert rollout.shape == (20,) and ((rollout >= 0) & (rollout <= 1)).all()

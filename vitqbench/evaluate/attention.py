@@ -14,8 +14,23 @@ import numpy as np
 
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import OutputCache, Outputs
-from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ModelMetadata
+from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT, ModelMetadata, attention_layout
 from vitqbench.results import AttentionRow, DatasetInfo, ModelInfo
+
+
+def patch_rollout(out: Outputs, model: ModelInfo) -> np.ndarray | None:
+    """[N, patches]: the class token's rollout over the patch tokens (None: not exported), in grid order."""
+    rollout = out.extras.get(ATTN_ROLLOUT)
+    layout = attention_layout((model.metadata or {}).get("attention"))
+    if rollout is None or layout is None:
+        return None
+    prefix, (rows, cols) = layout
+    if rollout.shape[1] != prefix + rows * cols:
+        raise VitqbenchError(
+            f"{model.label}: attn_rollout has {rollout.shape[1]} tokens, "
+            f"not {prefix} + {rows}x{cols} as its metadata says"
+        )
+    return rollout[:, prefix:]
 
 
 def check_attention_models(metas: dict[str, ModelMetadata]) -> None:
