@@ -152,7 +152,7 @@ def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli)
     config = EvalConfig(
         models=[attention_onnx, twin], id="digits:test:n=30", scores="msp",
         ood={"d": "digits:train:n=20", "noise": "noise:gaussian:n=10"},
-        attention=True, cache_dir=tmp_path / "c", progress=False,
+        attention=True, cache_dir=tmp_path / "c", progress=False, keep_outputs=True,
     )  # fmt: skip
     results = run_eval(config)
     rows = results.attention
@@ -160,9 +160,26 @@ def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli)
     assert all(r.drift_js is None for r in rows if r.model == "attn")  # the baseline
     assert all(abs(r.drift_js) < 1e-9 for r in rows if r.model == "twin")
     assert all(0 <= r.cls_concentration <= 1 and r.entropy > 0 for r in rows)
-    write_report(results, tmp_path / "out")
+    # the rollout's rank correlation: on the last block's row of a compared model only; the same weights rank alike
+    assert [r.rollout_spearman for r in rows if r.model == "twin" and r.block == 1] == pytest.approx([1.0] * 3)
+    assert all(r.rollout_spearman is None for r in rows if r.model == "attn" or r.block == 0)
+    maps = results.attention_maps  # the first 2 images of each set, both models, over the 4x4 patch grid
+    assert len(maps) == 2 * 3 * 2 and {m.grid for m in maps} == {(4, 4)}
+    assert all(len(m.rollout) == 16 and abs(sum(m.rollout) - 1) < 1e-6 for m in maps)
+    shapes = {k: v.shape for k, v in results.attention_images.items()}
+    assert shapes == {(m.dataset, m.index): (32, 32, 3) for m in maps}
+    written = write_report(results, tmp_path / "out", save_outputs=True)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Attention, ID vs OOD" in report and "moved more on OOD than on ID inputs in 0 of 2 blocks" in report
+    assert "Spearman rank correlation with the baseline" in report and "1.000" in report
+    plots = {p.name for p in written if p.suffix == ".png"}
+    assert {"attention_entropy.png", "attention_drift.png", "attention_rollout_attn.png"} <= plots
+    assert "plots/attention_rollout_attn.png" in report
+    saved = np.load(tmp_path / "out" / "outputs" / "twin__d.npz")
+    assert saved[ATTN_CLS].shape == (20, 2, 17) and saved[ATTN_ROLLOUT].shape == (20, 17)
+    assert saved[ATTN_ENTROPY].shape == (20, 2, 2)
+    json_text = (tmp_path / "out" / "results.json").read_text()
+    assert '"attention_maps"' in json_text and '"attention_images"' not in json_text
     plain = tmp_path / "plain.onnx"
     from vitqbench.export import export_model
 

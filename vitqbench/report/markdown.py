@@ -171,7 +171,29 @@ def _attention_blocks(results: EvalResults) -> list[Block]:
               "attention from the baseline's on the same images; OOD = mean over the real (non-synthetic) OOD sets."]),
         Table(header, rows, numeric=set(range(1, 8))),
         *([Bullets(answers)] if answers else []),
+        *_rollout_table(results),
     ]  # fmt: skip
+
+
+def _rollout_table(results: EvalResults) -> list[Block]:
+    """Per quantized model, the rollout's rank correlation with the baseline's on the ID set and each OOD set."""
+    rho = {(r.model, r.dataset): r.rollout_spearman for r in results.attention if r.rollout_spearman is not None}
+    if not rho:
+        return []
+    sets = [n for n in [results.id_dataset, *(n for n, _ in ordered_ood_sets(results))] if any(d == n for _, d in rho)]
+    models = [m for m in results.models if any(k[0] == m.label for k in rho)]
+    rows = [[model_label(m), *(_num(rho.get((m.label, n)), 3) for n in sets)] for m in models]
+    header = ["model", *(f"{n} (ID)" if n == results.id_dataset else n for n in sets)]
+    return [
+        Para(["Attention rollout (the class token's, through every block, over the patches): Spearman rank "
+              "correlation with the baseline's on the same image, mean over the images; 1 = the same ranking of "
+              "patches."]),
+        Table(header, rows, numeric=set(range(1, len(header)))),
+    ]  # fmt: skip
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _fpr_note(results: EvalResults) -> str:
@@ -188,12 +210,16 @@ def _fpr_note(results: EvalResults) -> str:
 
 
 def _caption(path: Path) -> str:
-    kind = path.stem.split("_", 1)[0]
-    return {
+    kinds = {
         "delta": "Quantization deltas (quantized minus baseline)",
         "roc": "ROC curves per OOD set",
         "hist": "Score histograms, ID vs OOD",
-    }.get(kind, path.stem) + f": {path.name}"
+        "attention_entropy": "Attention entropy per block, ID vs each OOD set, per model",
+        "attention_drift": "Class-token attention drift from the baseline per block, ID vs each OOD set",
+        "attention_rollout": "Attention rollout on fixed ID and OOD images, baseline next to each quantized model",
+    }
+    kind = next((k for k in kinds if path.stem == k or path.stem.startswith(f"{k}_")), path.stem)
+    return kinds.get(kind, path.stem) + f": {path.name}"
 
 
 def _pct(value: float | None) -> str:
