@@ -551,6 +551,9 @@ def train(
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule, AdamW)."),
     seed: int = typer.Option(0, help="Seed for init, split, shuffling and augmentation."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)."),
+    augment: str = typer.Option(
+        "shift", "--augment", help="none, shift (random +-2 px), randaugment (timm's) or mixup (timm's Mixup/CutMix)."
+    ),
 ) -> None:
     """Train a small timm vision transformer on CPU and save a self-describing checkpoint."""
     from vitqbench.train import TrainConfig, train_model
@@ -565,6 +568,7 @@ def train(
         lr=lr,
         seed=seed,
         threads=threads,
+        augment=augment,
     )
     if epochs is not None:
         config.epochs = epochs

@@ -343,9 +343,12 @@ def _export_matches(
     arch, _, tag = model.name.partition(".")
     if meta.timm_name != arch or (tag and meta.timm_tag != tag) or meta.quantization:
         return False
-    if _plain(meta.model_kwargs) != _plain(model.kwargs):
-        return False
     source = meta.source or {}
+    if "train" in source:  # a `vitqbench train` checkpoint's own kwargs, with the sweep's on top
+        if any(_plain(meta.model_kwargs.get(k)) != _plain(v) for k, v in model.kwargs.items()):
+            return False
+    elif _plain(meta.model_kwargs) != _plain(model.kwargs):
+        return False
     if checkpoint is not None:
         return (
             source.get("kind") == "checkpoint"
