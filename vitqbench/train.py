@@ -37,6 +37,7 @@ DEFAULT_KWARGS: dict[str, Any] = dict(img_size=28, patch_size=4, embed_dim=128, 
 # timm's Mixup/CutMix (mixup alpha 0.8, cutmix alpha 1.0, DeiT's) with its soft targets.
 AUGMENTS = ("none", "shift", "randaugment", "mixup")
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"
+POSTERIZE = {"PosterizeIncreasing": "PosterizeOriginal"}
 
 
 @dataclass
@@ -100,11 +101,15 @@ class Augmenter:
         self.randaugment = self.mixup = None
         if augment == "randaugment":
             from timm.data import rand_augment_transform
+            from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS
 
             channels, height, width = config.input_size
             mean = tuple(round(255 * m) for m in config.mean)
             hparams = {"translate_const": int(0.45 * min(height, width)), "img_mean": mean if channels > 1 else mean[0]}
-            self.randaugment = rand_augment_transform(RANDAUGMENT, hparams)
+            # PosterizeIncreasing reaches 0 bits at full magnitude, which current Pillow refuses:
+            # timm's 4-8 bit Posterize takes its place.
+            ops = [POSTERIZE.get(op, op) for op in _RAND_INCREASING_TRANSFORMS]
+            self.randaugment = rand_augment_transform(RANDAUGMENT, hparams, transforms=ops)
         elif augment == "mixup":
             from timm.data import Mixup
 

@@ -66,6 +66,24 @@ def _batches(augment: str, seed: int, count: int = 3):
     return [aug(images, labels) for _ in range(count)]
 
 
+def test_randaugment_survives_full_magnitude():
+    """timm's PosterizeIncreasing asks Pillow for 0 bits at magnitude 10: replaced, every op applies."""
+    import random
+
+    import torch
+    from PIL import Image
+
+    from vitqbench.metadata import DataConfig
+
+    config = DataConfig(input_size=(3, 16, 16), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    aug = Augmenter("randaugment", config, 4, 0.1, 2, torch.Generator().manual_seed(0))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    random.seed(0)
+    for op in aug.randaugment.ops:
+        op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0
+        assert np.asarray(op(image)).shape == (16, 16, 3)
+
+
 @pytest.mark.parametrize("augment", AUGMENTS)
 def test_augmentations_are_seeded(augment):
     import torch

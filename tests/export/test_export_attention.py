@@ -206,3 +206,17 @@ def test_attention_scores_run_where_the_outputs_are_and_fail_in_one_line_where_n
     assert all("`vitqbench export --attention`" in m and "\n" not in m for m in failed.values())
     rollout = results.samples[("attn", "d")]["rollout"]
     assert rollout.shape == (20,) and ((rollout >= 0) & (rollout <= 1)).all()
+
+
+def test_rank_correlation_matches_scipy_spearman():
+    from scipy.stats import spearmanr
+
+    from vitqbench.evaluate.attention import rank_correlation
+
+    rng = np.random.default_rng(1)
+    a, b = rng.dirichlet(np.ones(16), size=6), rng.dirichlet(np.ones(16), size=6)
+    b[0] = a[0] * 2  # the same ranking
+    b[1, :8] = b[1, 8:]  # ties
+    want = [spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(rank_correlation(a, b), want, atol=1e-12)
+    assert np.isnan(rank_correlation(np.ones((1, 4)), a[:1, :4])).all()  # a constant row ranks nothing
