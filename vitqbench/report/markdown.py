@@ -345,8 +345,8 @@ def _augment_blocks(results: EvalResults) -> list[Block]:
 
     blocks: list[Block] = [
         Heading("Quantization deltas by training augmentation"),
-        Para(["The same quantization applied to models trained with different augmentation (`vitqbench train "
-              "--augment`): quantized minus its own fp32 baseline, in points, side by side."]),
+        Para(["The same quantization applied to models trained with different augmentation (",
+              Code("vitqbench train --augment"), "): quantized minus its own fp32 baseline, in points, side by side."]),
     ]  # fmt: skip
     if results.id_metrics:
         header = ["precision", *(f"top-1 (%) {a}" for a in kinds), *(f"Δ top-1 {a}" for a in kinds)]

@@ -456,28 +456,38 @@ def rollout_figure(results: EvalResults, members: list[ModelInfo]):
     roles = {(a.dataset, a.index): a.role for a in results.attention_maps}
     styles = model_styles(results)
     plt = _plt()
-    fig, axes = plt.subplots(len(images), len(labels), figsize=(1.9 * len(labels), 1.9 * len(images)), squeeze=False)
+    cols = len(labels) + 1  # the image alone, then each model's rollout over it
+    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 1.9 * len(images) + 0.4), squeeze=False)
     for row, (dataset, index) in enumerate(images):
         image = results.attention_images.get((dataset, index))
-        for col, label in enumerate(labels):
-            ax = axes[row][col]
+        for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
+        if image is not None:
+            _show_image(axes[row][0], image, image.shape[:2])
+        else:
+            axes[row][0].set_visible(False)
+        role = "ID" if roles[(dataset, index)] == "id" else "OOD"
+        axes[row][0].set_ylabel(f"{dataset} ({role})\n#{index}", fontsize=7)
+        for col, label in enumerate(labels, start=1):
+            ax = axes[row][col]
             a = maps.get((label, dataset, index))
             if a is None:
                 ax.set_visible(False)
                 continue
-            grid = np.asarray(a.rollout).reshape(a.grid)
-            height, width = (image.shape[0], image.shape[1]) if image is not None else a.grid
+            size = image.shape[:2] if image is not None else a.grid
             if image is not None:
-                gray = image.shape[-1] == 1
-                ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, extent=(0, width, height, 0))
-            ax.imshow(grid, cmap="inferno", alpha=0.55 if image is not None else 1.0, extent=(0, width, height, 0),
-                      interpolation="nearest")  # fmt: skip
-            if row == 0:
-                ax.set_title(styles[label].label, fontsize=7)
-            if col == 0:
-                ax.set_ylabel(f"{dataset} ({'ID' if roles[(dataset, index)] == 'id' else 'OOD'})\n#{index}", fontsize=7)
+                _show_image(ax, image, size)
+            ax.imshow(np.asarray(a.rollout).reshape(a.grid), cmap="inferno", alpha=0.6 if image is not None else 1.0,
+                      extent=(0, size[1], size[0], 0), interpolation="nearest")  # fmt: skip
+    axes[0][0].set_title("image", fontsize=7)
+    for col, label in enumerate(labels, start=1):
+        axes[0][col].set_title(styles[label].label.replace(" (", "\n("), fontsize=7)
     fig.suptitle("Class-token attention rollout over the patches (brighter = more attention)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.9 * len(images) + 0.4)))
     return fig
+
+
+def _show_image(ax, image: np.ndarray, size: tuple[int, int]) -> None:
+    gray = image.shape[-1] == 1
+    ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, extent=(0, size[1], size[0], 0))
