@@ -2,8 +2,10 @@
 
 Per model, dataset and block: how focused attention is (mean entropy; the class token's attention
 concentration) and, for a model with a baseline, how far its class-token attention moved from the
-baseline's on the same images (Jensen-Shannon divergence, per sample, averaged). Read from the
-cached outputs after the cells ran: attention costs no extra inference.
+baseline's on the same images (Jensen-Shannon divergence, per sample, averaged) and how well the
+class token's attention rollout keeps its ranking of the patches (Spearman, per sample, averaged);
+for the report, the rollouts of a few fixed images. Read from the cached outputs after the cells
+ran: attention costs no extra inference.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import rankdata
 
-from vitqbench.data import Dataset
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT, ModelMetadata, attention_layout
 from vitqbench.results import AttentionMap, AttentionRow, DatasetInfo, ModelInfo
+
+if TYPE_CHECKING:
+    from vitqbench.data import Dataset
 
 MAPS_PER_SET = 2  # fixed images per ID/OOD set whose rollout the report overlays (the first all models read)
 
