@@ -97,7 +97,8 @@ def export(
     interpolation: str | None = typer.Option(None, help="Override resize interpolation (bicubic, bilinear)."),
     crop_pct: float | None = typer.Option(None, help="Override center-crop fraction (timm's crop_pct, 0.1-2)."),
     attention: bool = typer.Option(
-        False, "--attention", help="Also output each block's class-token attention and per-head attention entropy."
+        False, "--attention", help="Also output each block's class-token attention, per-head attention entropy and the "
+        "class token's attention rollout."
     ),
 ) -> None:
     """Export a timm vision transformer to ONNX with `logits` and `features` outputs, verified."""
@@ -632,6 +633,9 @@ def train(
     lr: float = typer.Option(2e-3, help="Peak learning rate (one-cycle schedule, AdamW)."),
     seed: int = typer.Option(0, help="Seed for init, split, shuffling and augmentation."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's)."),
+    augment: str = typer.Option(
+        "shift", "--augment", help="none, shift (random +-2 px), randaugment (timm's) or mixup (timm's Mixup/CutMix)."
+    ),
 ) -> None:
     """Train a small timm vision transformer on CPU and save a self-describing checkpoint."""
     from vitqbench.train import TrainConfig, train_model
@@ -646,6 +650,7 @@ def train(
         lr=lr,
         seed=seed,
         threads=threads,
+        augment=augment,
     )
     if epochs is not None:
         config.epochs = epochs

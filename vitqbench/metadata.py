@@ -29,6 +29,9 @@ LOGITS = "logits"
 FEATURES = "features"
 ATTN_CLS = "attn_cls"  # --attention: per block, the class token's attention over tokens, mean over heads [B, depth, N]
 ATTN_ENTROPY = "attn_entropy"  # per block and head, the mean over queries of each row's entropy [B, depth, heads]
+# The class token's attention rollout (Abnar & Zuidema 2020) through every block [B, N]; ``attention``
+# in the metadata says which leading tokens are not patches and the patch grid the others form.
+ATTN_ROLLOUT = "attn_rollout"
 INPUT = "pixel_values"
 
 
@@ -136,6 +139,8 @@ class ModelMetadata:
     opset: int | None = None
     quantization: dict[str, Any] | None = None  # None for a full-precision model
     optimization: dict[str, Any] | None = None  # ORT's saved optimized graph (level, ORT version); None: as written
+    # export --attention: {"prefix_tokens": class/distillation tokens before the patches, "grid": [rows, cols]}
+    attention: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -192,6 +197,8 @@ class ModelMetadata:
         names = d.get("class_names")
         if names is not None and not all(isinstance(n, str) for n in names):
             raise VitqbenchError("field class_names must be a list of strings")
+        if d.get("attention") is not None:
+            attention_layout(d["attention"])  # a bad layout is one line here, not a wrong plot later
         d["data_config"] = DataConfig.from_dict(d["data_config"])
         d["head"] = _head(d["head"]) if d.get("head") else None
         return cls(**d)
@@ -212,8 +219,22 @@ _FIELDS = (  # (name, JSON type, required) of the metadata document
     ("opset", int, False),
     ("quantization", dict, False),
     ("optimization", dict, False),
+    ("attention", dict, False),
 )
 _KIND_NAMES = {str: "a string", dict: "an object", int: "a whole number", list: "a list"}
+
+
+def attention_layout(attention: dict[str, Any] | None) -> tuple[int, tuple[int, int]] | None:
+    """``(prefix_tokens, (rows, cols))`` of an ``export --attention`` model's tokens, None if not recorded."""
+    if attention is None:
+        return None
+    prefix, grid = attention.get("prefix_tokens"), attention.get("grid")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not (whole(prefix) and prefix >= 0 and isinstance(grid, list) and len(grid) == 2):
+        raise VitqbenchError("field attention must hold prefix_tokens (a whole number) and grid [rows, cols]")
+    if not all(whole(v) and v >= 1 for v in grid):
+        raise VitqbenchError(f"field attention.grid must be two positive whole numbers, got {grid}")
+    return prefix, (grid[0], grid[1])
 
 
 def _head(d: dict[str, Any]) -> HeadRef:

@@ -159,6 +159,22 @@ class AttentionRow:
     entropy: float  # attention entropy in nats, mean over heads and queries
     cls_concentration: float  # 1 - H(class token's attention) / log(tokens): 0 uniform, 1 on one token
     drift_js: float | None  # Jensen-Shannon divergence (bits, 0-1) of the class token's attention vs the baseline's
+    # The last block's row only (the rollout runs through every block): mean over the images of the
+    # Spearman rank correlation between this model's and the baseline's rollout over the patches.
+    rollout_spearman: float | None = None
+
+
+@dataclass
+class AttentionMap:
+    """eval --attention: one model's class-token rollout over the patch grid for one fixed image (report overlays)."""
+
+    model: str
+    dataset: str
+    role: str  # id or ood
+    index: int  # the image's index in its dataset
+    path: str
+    grid: tuple[int, int]  # (rows, cols) of patches
+    rollout: list[float]  # rows * cols values, row-major, renormalized to sum to 1
 
 
 @dataclass
@@ -178,6 +194,9 @@ class EvalResults:
     # --tune: per model and tunable score, the grid, each point's validation AUROC and the chosen values
     tuning: list[dict[str, Any]] = field(default_factory=list)
     attention: list[AttentionRow] = field(default_factory=list)  # eval --attention
+    attention_maps: list[AttentionMap] = field(default_factory=list)  # eval --attention: fixed images' rollouts
+    # (dataset, index) -> the image as the model saw it (uint8 [H, W, C], resized and cropped); not in JSON
+    attention_images: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
     # (model label, dataset name) -> {"labels", "predictions", "paths", "<score>": scores}; not in JSON
     samples: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -236,8 +255,14 @@ class EvalResults:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "samples"}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in NOT_IN_JSON}
         return _plain(d)
+
+
+NOT_IN_JSON = ("samples", "attention_images")
+# Further model outputs (attention) in a cell's samples, under this prefix: a score may share their
+# names (the attn_entropy score reads the attn_entropy output).
+OUTPUT_PREFIX = "output:"  # arrays for plots and --save-outputs
 
 
 def _plain(obj: Any) -> Any:

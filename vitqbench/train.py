@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,13 +25,19 @@ from vitqbench.data import Dataset, decoded_images, load_dataset
 from vitqbench.errors import VitqbenchError, check_seed
 from vitqbench.export.model import CHECKPOINT_METADATA_KEY, check_model_name
 from vitqbench.files import atomic_path, check_output_file
-from vitqbench.metadata import DataConfig
+from vitqbench.metadata import DataConfig, check_choice
 from vitqbench.progress import progress_bar
 from vitqbench.runtime import check_threads
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
 # 28x28 inputs in 4x4 patches (49 tokens), width 128 (every 4-bit block size divides K), depth 6.
 DEFAULT_KWARGS: dict[str, Any] = dict(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4)
+# Training augmentation, the study's second axis: none; random +-max_shift px translations (the
+# default, what every earlier checkpoint used); timm's RandAugment (rand-m9-mstd0.5-inc1, DeiT's);
+# timm's Mixup/CutMix (mixup alpha 0.8, cutmix alpha 1.0, DeiT's) with its soft targets.
+AUGMENTS = ("none", "shift", "randaugment", "mixup")
+RANDAUGMENT = "rand-m9-mstd0.5-inc1"
+POSTERIZE = {"PosterizeIncreasing": "PosterizeOriginal"}
 
 
 @dataclass
@@ -44,7 +51,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
-    max_shift: int = 2  # light augmentation: random translation by up to this many pixels
+    max_shift: int = 2  # augment "shift": random translation by up to this many pixels
+    augment: str = "shift"  # one of AUGMENTS
     seed: int = 0
     threads: int | None = None
 
@@ -76,6 +84,67 @@ def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
+class Augmenter:
+    """One training batch (uint8 images [B, H, W, C], labels) to model inputs and targets, per ``augment``.
+
+    Seeded by ``generator`` alone: each batch draws a seed from it for the Python and numpy random
+    state that timm's RandAugment and Mixup read, so the same seed gives the same batches.
+    """
+
+    def __init__(
+        self, augment: str, config: DataConfig, num_classes: int, label_smoothing: float, max_shift: int,
+        generator: torch.Generator,
+    ):  # fmt: skip
+        check_choice(augment, AUGMENTS, "--augment")
+        self.augment, self.config, self.max_shift, self.generator = augment, config, max_shift, generator
+        self.label_smoothing = label_smoothing
+        self.randaugment = self.mixup = None
+        if augment == "randaugment":
+            from timm.data import rand_augment_transform
+            from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS
+
+            channels, height, width = config.input_size
+            mean = tuple(round(255 * m) for m in config.mean)
+            hparams = {"translate_const": int(0.45 * min(height, width)), "img_mean": mean if channels > 1 else mean[0]}
+            # PosterizeIncreasing reaches 0 bits at full magnitude, which current Pillow refuses:
+            # timm's 4-8 bit Posterize takes its place.
+            ops = [POSTERIZE.get(op, op) for op in _RAND_INCREASING_TRANSFORMS]
+            self.randaugment = rand_augment_transform(RANDAUGMENT, hparams, transforms=ops)
+        elif augment == "mixup":
+            from timm.data import Mixup
+
+            self.mixup = Mixup(
+                mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=label_smoothing, num_classes=num_classes
+            )
+
+    def _reseed(self) -> None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def __call__(self, images: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.randaugment is not None:
+            from PIL import Image
+
+            self._reseed()
+            gray = images.shape[-1] == 1
+            pil = [Image.fromarray(im[..., 0] if gray else im) for im in images]
+            images = np.stack([np.asarray(self.randaugment(im)) for im in pil])
+            images = images[..., None] if gray else images
+        x = _normalized(images, self.config)
+        if self.augment == "shift":
+            x = _shift(x, self.max_shift, self.generator)
+        if self.mixup is not None and len(x) % 2 == 0:  # timm's batch Mixup pairs the batch with its reverse
+            self._reseed()
+            return self.mixup(x, labels)
+        return x, labels
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 2:  # Mixup's soft targets (label smoothing already in them)
+            return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     model.eval()
     correct = 0
@@ -102,6 +171,7 @@ def _check(config: TrainConfig) -> None:
         raise VitqbenchError("weight decay must be >= 0, label smoothing and the validation fraction in [0, 1)")
     if config.max_shift < 0:
         raise VitqbenchError(f"max shift must be >= 0 (got {config.max_shift})")
+    check_choice(config.augment, AUGMENTS, "--augment")
     check_threads(config.threads)
     check_seed(config.seed)
 
@@ -141,22 +211,23 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True, cache_dir
     images = decoded_images(dataset, data_config, cache_dir=cache_dir, progress=progress)
     keep = _usable(dataset)
     labels = dataset.labels[keep]
-    x_all = _normalized(images[keep], data_config)
+    images = images[keep]
     y_all = torch.from_numpy(labels.astype(np.int64))
 
     rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(x_all))
+    order = rng.permutation(len(images))
     n_val = max(1, int(round(config.val_fraction * len(order)))) if config.val_fraction > 0 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
-    x_train, y_train = x_all[train_idx], y_all[train_idx]
-    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    images_train, y_train = images[train_idx], y_all[train_idx]
+    x_val, y_val = _normalized(images[val_idx], data_config), y_all[val_idx]
 
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(images_train) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15
     )
     generator = torch.Generator().manual_seed(config.seed)
+    augment = Augmenter(config.augment, data_config, num_classes, config.label_smoothing, config.max_shift, generator)
     losses: list[float] = []
     val_accuracy = float("nan")
     start = time.perf_counter()
@@ -173,12 +244,12 @@ def train_model(config: TrainConfig, out: Path, progress: bool = True, cache_dir
         task = bar.add_task("", total=config.epochs)
         for _epoch in range(config.epochs):
             model.train()
-            permutation = torch.randperm(len(x_train), generator=generator)
+            permutation = torch.randperm(len(images_train), generator=generator)
             total, count = 0.0, 0
-            for i in range(0, len(x_train), config.batch_size):
+            for i in range(0, len(images_train), config.batch_size):
                 idx = permutation[i : i + config.batch_size]
-                xb = _shift(x_train[idx], config.max_shift, generator)
-                loss = F.cross_entropy(model(xb), y_train[idx], label_smoothing=config.label_smoothing)
+                xb, target = augment(images_train[idx.numpy()], y_train[idx])
+                loss = augment.loss(model(xb), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

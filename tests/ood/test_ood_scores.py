@@ -211,7 +211,7 @@ def test_fitted_state_round_trips_through_npz(tmp_path, name):
 
 
 def test_default_score_names_and_registry():
-    opt_in = {"klm", "rmds", "nnguide", "she", "dice", "ash", "scale", "fdbd"}  # run when named in --scores
+    opt_in = {"klm", "rmds", "nnguide", "she", "dice", "ash", "scale", "fdbd", "attn_entropy", "rollout"}  # named only
     assert set(default_score_names()) == set(SCORES) - opt_in
     without_fit = default_score_names(with_fit=False)
     assert {"msp", "maxlogit", "energy", "entropy", "gen"} == set(without_fit)
@@ -303,9 +303,18 @@ def test_distance_scores_never_hold_a_queries_by_fit_matrix(monkeypatch, name):
     assert peak < 6 * (1 << 20), peak
 
 
+def attention_arrays(seed: int, n: int, depth: int = 3, heads: int = 2, patches: int = 16):
+    rng = np.random.default_rng(seed)
+    entropy = rng.uniform(0.5, 2.5, (n, depth, heads))
+    return {"attn_entropy": entropy, "attn_rollout": rng.dirichlet(np.ones(patches), n)}
+
+
 def bundle(seed=10):
     features, labels, head = make_features(seed)
-    return ScoreInputs(logits=features @ head[0].T + head[1], features=features, labels=labels, head=head)
+    return ScoreInputs(
+        logits=features @ head[0].T + head[1], features=features, labels=labels, head=head,
+        **attention_arrays(seed, len(features)),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(SCORES))
@@ -313,13 +322,18 @@ def test_nonfinite_inputs_score_nan_and_leave_the_other_rows_alone(name):
     score = fitted(name)
     clean = bundle()
     logits, features = clean.logits.copy(), clean.features.copy()
+    entropy, rollout = clean.attn_entropy.copy(), clean.attn_rollout.copy()
     read = score.reads
     for row, value in ((3, np.nan), (5, np.inf), (8, -np.inf)):
         if "logits" in read:
             logits[row, row % 4] = value
         if "features" in read:
             features[row, row] = value
-    broken = dataclasses.replace(clean, logits=logits, features=features)
+        if "attn_entropy" in read:
+            entropy[row, -1, row % 2] = value
+        if "attn_rollout" in read:
+            rollout[row, row] = value
+    broken = dataclasses.replace(clean, logits=logits, features=features, attn_entropy=entropy, attn_rollout=rollout)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no overflow/invalid warnings from the broken rows
         got, want = score.score(broken), score.score(clean)
@@ -337,3 +351,29 @@ def test_fitted_state_carries_the_scores_own_version(tmp_path, monkeypatch):
     monkeypatch.setattr(SCORES["knn"], "version", SCORES["knn"].version + 1)
     with pytest.raises(VitqbenchError, match="version"):
         load_score(tmp_path / "state.npz")
+
+
+def test_attention_scores_hand_checked_and_higher_is_more_focused():
+    entropy = np.array([[[3.0, 1.0], [2.0, 0.5]], [[0.1, 0.1], [1.0, 3.0]]])  # [N=2, depth=2, heads=2]
+    np.testing.assert_allclose(create_score("attn_entropy").score(ScoreInputs(attn_entropy=entropy)), [-1.25, -2.0])
+    first = create_score("attn_entropy", block=0).score(ScoreInputs(attn_entropy=entropy))
+    np.testing.assert_allclose(first, [-2.0, -0.1])
+    rollout = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    got = create_score("rollout").score(ScoreInputs(attn_rollout=rollout * 3))  # rows are renormalized
+    np.testing.assert_allclose(got, [0.0, 1.0, 0.5], atol=1e-12)
+
+
+def test_attention_scores_follow_the_fit_score_contract():
+    x = bundle()
+    for name in ("attn_entropy", "rollout"):
+        score = create_score(name)
+        assert not score.needs_fit and not score.needs_head and not score.needs_labels
+        assert score.fit(x) is score  # nothing to learn: fit is a no-op, as for MSP
+        got = score.score(x)
+        assert got.shape == (len(x.features),) and got.dtype == np.float64 and np.isfinite(got).all()
+        with pytest.raises(VitqbenchError, match=r"lacks: export it with `vitqbench export --attention`"):
+            score.score(ScoreInputs(logits=x.logits, features=x.features))
+    with pytest.raises(VitqbenchError, match="outside this model's 3 blocks"):
+        create_score("attn_entropy", block=3).score(x)
+    with pytest.raises(VitqbenchError, match="must be a non-empty numeric 3-D array"):
+        create_score("attn_entropy").score(ScoreInputs(attn_entropy=np.ones((4, 3))))

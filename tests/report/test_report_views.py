@@ -251,3 +251,25 @@ def test_html_report_renders_in_headless_chromium_with_images_and_tables(tmp_pat
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 80
     assert saturated.mean() > 0.002  # tables are grey; coloured pixels come from the embedded plots
+
+
+def test_models_trained_with_different_augmentation_get_an_augment_column_and_side_by_side_deltas():
+    models = [
+        _model("a.fp32", "fp32", "a.fp32"),
+        _model("a.int8", "w8a8", "a.fp32", scheme="w8a8", execution="integer-kernels"),
+        _model("b.fp32", "fp32", "b.fp32"),
+        _model("b.int8", "w8a8", "b.fp32", scheme="w8a8", execution="integer-kernels"),
+    ]
+    for m, augment in zip(models, ("none", "none", "randaugment", "randaugment"), strict=True):
+        m.metadata["source"] = {"kind": "checkpoint", "train": {"augment": augment}}
+    results = make_results(models)
+    report = render_report(results)
+    section = report.split("## Quantization deltas by training augmentation")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| w8a8 (integer-kernels) |"))
+    for label in ("a.int8", "b.int8"):
+        assert format_delta(results.delta(label, "val", None, "top1")) in row
+    assert "Δ top-1 none" in section and "Δ top-1 randaugment" in section
+    energy = next(line for line in section.splitlines() if line.startswith("| energy | w8a8 (integer-kernels) |"))
+    assert format_delta(results.delta("b.int8", "mean:near", "energy", "auroc")) in energy
+    assert "| energy | b.int8 | randaugment | w8a8 |" in report  # the summary's augment column
+    assert "## Quantization deltas by training augmentation" not in render_report(make_results())  # one augment: none

@@ -13,7 +13,7 @@ from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.evaluate.cells import CellContext
 from vitqbench.evaluate.scoring import ScoreSpec
 from vitqbench.evaluate.state import fitted_score, score_inputs
-from vitqbench.results import VAL_ID, VAL_OOD, DatasetInfo, Failure, IdMetrics, ModelInfo, OodResult
+from vitqbench.results import OUTPUT_PREFIX, VAL_ID, VAL_OOD, DatasetInfo, Failure, IdMetrics, ModelInfo, OodResult
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ScoresCell:
     means: dict[str, list[str]]  # each mean pseudo set -> the loaded OOD sets it averages
     cache_root: Path
     target_tag: str
-    keep_outputs: bool = False  # logits and features too, for --save-outputs
+    keep_outputs: bool = False  # logits, features (and attention outputs) too, for --save-outputs
     requires: tuple[str, ...] = ()
 
     def failed(self, exc: BaseException, stage: str = "score") -> ModelScores:
@@ -139,8 +139,9 @@ def _samples(out: Outputs, keep_outputs: bool) -> dict[str, np.ndarray]:
         "predictions": np.argmax(out.logits, axis=1),
         "paths": out.paths,
     }
-    if keep_outputs:
+    if keep_outputs:  # with the attention outputs of an export --attention model
         samples.update(logits=out.logits, features=out.features)
+        samples.update({OUTPUT_PREFIX + name: value for name, value in out.extras.items()})
     return samples
 
 

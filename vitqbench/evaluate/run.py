@@ -127,10 +127,13 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
     )
     aggregate(results, done, [s for s in scores if s is not None])
     if config.attention:
-        from vitqbench.evaluate.attention import attention_rows
+        from vitqbench.evaluate.attention import attention_maps, attention_rows, map_images
 
         keys = {(r.model, r.dataset): r.key for r in done if r.ok}
         results.attention = attention_rows(results.models, results.datasets, keys, cache_root)
+        results.attention_maps = attention_maps(results.models, results.datasets, keys, cache_root)
+        loaded = {d.info.name: d.dataset for d in datasets}
+        results.attention_images = map_images(results.attention_maps, results.models, loaded)
     if not results.id_metrics and not results.ood_metrics:  # a report of dashes would pass for a result
         reasons = "; ".join(dict.fromkeys(first_line(f.describe()) for f in results.failures)) or "no metric"
         raise VitqbenchError(f"nothing could be measured, nothing written: {reasons}")

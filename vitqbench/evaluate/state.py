@@ -44,11 +44,21 @@ def fitted_score(
 
 
 def score_inputs(score: Any, model: ModelInfo, out: Outputs) -> Any:
-    """The bundle ``score`` reads from one cell's outputs; the model's head only if it reads one."""
+    """The bundle ``score`` reads from one cell's outputs; the model's head only if it reads one, and
+    the attention outputs of an ``export --attention`` model (the rollout over its patch tokens)."""
+    from vitqbench.evaluate.attention import patch_rollout
+    from vitqbench.metadata import ATTN_ENTROPY
     from vitqbench.ood import ScoreInputs
 
     head = _head(model.path, model.sha256) if score.needs_head else None
-    return ScoreInputs(logits=out.logits, features=out.features, labels=out.labels, head=head)
+    return ScoreInputs(
+        logits=out.logits,
+        features=out.features,
+        labels=out.labels,
+        head=head,
+        attn_entropy=out.extras.get(ATTN_ENTROPY),
+        attn_rollout=patch_rollout(out, model),
+    )
 
 
 @functools.lru_cache(maxsize=4)

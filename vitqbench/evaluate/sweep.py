@@ -332,20 +332,23 @@ def _ensure_export(model: SweepModel, path: Path, pretrained: bool, attention: b
 def _export_matches(
     path: Path, model: SweepModel, pretrained: bool, checkpoint: Path | None, attention: bool
 ) -> bool:
-    from vitqbench.metadata import ATTN_CLS, read_metadata
+    from vitqbench.metadata import ATTN_ROLLOUT, read_metadata
 
     try:
         meta = read_metadata(path)
     except VitqbenchError:
         return False
-    if (ATTN_CLS in meta.outputs) != attention:
+    if (ATTN_ROLLOUT in meta.outputs) != attention:  # an attention export older than the rollout is redone
         return False
     arch, _, tag = model.name.partition(".")
     if meta.timm_name != arch or (tag and meta.timm_tag != tag) or meta.quantization:
         return False
-    if _plain(meta.model_kwargs) != _plain(model.kwargs):
-        return False
     source = meta.source or {}
+    if "train" in source:  # a `vitqbench train` checkpoint's own kwargs, with the sweep's on top
+        if any(_plain(meta.model_kwargs.get(k)) != _plain(v) for k, v in model.kwargs.items()):
+            return False
+    elif _plain(meta.model_kwargs) != _plain(model.kwargs):
+        return False
     if checkpoint is not None:
         return (
             source.get("kind") == "checkpoint"

@@ -209,6 +209,16 @@ def check_checkpoint_description(description: Any) -> dict[str, Any]:
     return description
 
 
+def training_record(train: dict[str, Any]) -> dict[str, Any]:
+    """What the metadata keeps of a `vitqbench train` checkpoint's training settings (the study's axes).
+
+    A checkpoint from before ``--augment`` trained with the random shifts that are now ``shift``."""
+    record = {k: train[k] for k in ("data", "epochs", "seed", "val_accuracy") if k in train}
+    augment = train.get("augment", "shift")
+    record["augment"] = augment if isinstance(augment, str) else str(augment)
+    return record
+
+
 def _imagenet_synsets(net: Any) -> list[str] | None:
     """timm's synset names (``n01440764``...) for an ImageNet head, so eval can check class folders."""
     from timm.data import ImageNetInfo, infer_imagenet_subset
@@ -243,8 +253,16 @@ def build_model(
                 f"{path} is not a vitqbench training checkpoint; pass a timm name and --checkpoint {path}"
             )
         raise VitqbenchError(f"no such checkpoint: {path}")
+    if description is None and checkpoint is not None and Path(checkpoint).suffix == ".safetensors":
+        # a `vitqbench train` checkpoint given as --checkpoint (a sweep's [[models]] checkpoint = ...)
+        # describes its architecture and preprocessing as when passed in place of the name
+        description = read_checkpoint_description(Path(checkpoint))
+        if description is not None and description["timm_name"] != check_model_name(model)[0]:
+            raise VitqbenchError(
+                f"checkpoint {checkpoint} was trained as {description['timm_name']}, not {check_model_name(model)[0]}"
+            )
     if description is not None:
-        checkpoint = path
+        checkpoint = checkpoint if checkpoint is not None else path
         model = description["timm_name"]
         kwargs = {**description.get("model_kwargs", {}), **kwargs}
         class_names = description.get("class_names")
@@ -268,6 +286,8 @@ def build_model(
     if checkpoint is not None:
         apply_state_dict(net, load_state_dict(Path(checkpoint)), Path(checkpoint))
         source = {"kind": "checkpoint", "path": str(checkpoint), "sha256": sha256_file(checkpoint)}
+        if description is not None and isinstance(description.get("train"), dict):
+            source["train"] = training_record(description["train"])
     elif use_pretrained:
         source = {"kind": "pretrained", "tag": net.pretrained_cfg.get("tag"), "seed": None}
         tag = tag or net.pretrained_cfg.get("tag")

@@ -18,8 +18,20 @@ from vitqbench.errors import VitqbenchError, check_seed, first_line
 from vitqbench.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from vitqbench.export.model import BuiltModel, build_model, data_config_for
 from vitqbench.files import atomic_path, check_output_file
-from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, FEATURES, INPUT, LOGITS, HeadRef, ModelMetadata, set_metadata
+from vitqbench.metadata import (
+    ATTN_CLS,
+    ATTN_ENTROPY,
+    ATTN_ROLLOUT,
+    FEATURES,
+    INPUT,
+    LOGITS,
+    HeadRef,
+    ModelMetadata,
+    set_metadata,
+)
 from vitqbench.runtime import create_session
+
+ATTENTION_OUTPUTS = (ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT)
 
 
 class LogitsAndFeatures(torch.nn.Module):
@@ -57,7 +69,10 @@ class WithAttention(LogitsAndFeatures):
     """Logits and features, plus each block's attention summaries (timm's unfused attention path).
 
     ``attn_cls`` [B, depth, N]: the class token's attention over all tokens, mean over heads;
-    ``attn_entropy`` [B, depth, heads]: each head's attention entropy (nats), mean over queries.
+    ``attn_entropy`` [B, depth, heads]: each head's attention entropy (nats), mean over queries;
+    ``attn_rollout`` [B, N]: the class token's attention rollout (Abnar & Zuidema 2020) through every
+    block: per block ``A' = 0.5 mean_heads(A) + 0.5 I``, rows renormalized, multiplied from the last
+    block down to the first, class-token row.
     """
 
     def __init__(self, model: torch.nn.Module, linear_head: bool):
@@ -79,7 +94,31 @@ class WithAttention(LogitsAndFeatures):
         probs = [capture.seen[-1] for capture in self.captures]  # [B, heads, N, N] each
         cls = torch.stack([p[:, :, 0, :].mean(dim=1) for p in probs], dim=1)
         entropy = torch.stack([-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean(-1) for p in probs], dim=1)
-        return logits, features, cls, entropy
+        return logits, features, cls, entropy, rollout(probs)
+
+
+def rollout(probs: list[torch.Tensor]) -> torch.Tensor:
+    """[B, N]: the class-token row of ``A'_L ... A'_1`` for per-block probabilities [B, heads, N, N].
+
+    Only that row is carried (a vector through elementwise products and sums, no MatMul), so a
+    scheme that quantizes MatMul inputs leaves the rollout itself in float, as it does the other summaries.
+    """
+    eye = torch.eye(probs[0].shape[-1], dtype=probs[0].dtype)
+    row = None
+    for p in reversed(probs):
+        a = 0.5 * p.mean(dim=1) + 0.5 * eye
+        a = a / a.sum(-1, keepdim=True)
+        row = a[:, 0, :] if row is None else (row.unsqueeze(-1) * a).sum(1)
+    return row
+
+
+def attention_layout(net: torch.nn.Module) -> dict[str, Any]:
+    """Which leading tokens are not patches and the grid the patches form (metadata ``attention``)."""
+    grid = [int(v) for v in getattr(getattr(net, "patch_embed", None), "grid_size", ())]
+    prefix = int(getattr(net, "num_prefix_tokens", 1))
+    if len(grid) != 2:
+        raise VitqbenchError("--attention needs a ViT with a 2-D patch grid (patch_embed.grid_size)")
+    return {"prefix_tokens": prefix, "grid": grid}
 
 
 @dataclass
@@ -233,7 +272,7 @@ def export_model(
     example = torch.randn((2, *data_config.input_size), generator=torch.Generator().manual_seed(seed))
     linear_head = _has_linear_head(net, example)
     wrapper = (WithAttention if attention else LogitsAndFeatures)(net, linear_head).eval()
-    outputs = [LOGITS, FEATURES, *([ATTN_CLS, ATTN_ENTROPY] if attention else [])]
+    outputs = [LOGITS, FEATURES, *(ATTENTION_OUTPUTS if attention else [])]
     try:
         proto = _to_onnx(wrapper, example, opset, outputs)
     except VitqbenchError:
@@ -254,6 +293,7 @@ def export_model(
         class_names=built.class_names,
         outputs={name: name for name in outputs},
         opset=opset,
+        attention=attention_layout(net) if attention else None,
     )
     set_metadata(proto, meta)
     verification = None

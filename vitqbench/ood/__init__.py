@@ -8,6 +8,7 @@ Pure numpy/scipy: arrays in, arrays out; nothing here runs a model.
 from vitqbench.ood import logit_scores  # noqa: F401
 from vitqbench.ood import feature_scores  # noqa: F401
 from vitqbench.ood import head_scores  # noqa: F401
+from vitqbench.ood import attention_scores  # noqa: F401
 
 # isort: on
 from vitqbench.ood.base import SCORES, Score, ScoreInputs, create_score, default_score_names, load_score

@@ -111,9 +111,16 @@ class ScoreInputs:
     features: np.ndarray | None = None
     labels: np.ndarray | None = None
     head: Head | None = None
+    # From models exported with ``vitqbench export --attention``: each block's per-head attention
+    # entropy [N, depth, heads] (nats) and the class token's attention rollout over the patch tokens [N, patches].
+    attn_entropy: np.ndarray | None = None
+    attn_rollout: np.ndarray | None = None
 
 
 INPUTS = tuple(f.name for f in dataclasses.fields(ScoreInputs))
+# Per-sample arrays a score may read; a sample with a non-finite value in one it reads scores NaN.
+SAMPLE_ARRAYS = ("logits", "features", "attn_entropy", "attn_rollout")
+ATTENTION_INPUTS = ("attn_entropy", "attn_rollout")
 
 
 class Score:
@@ -170,16 +177,14 @@ class Score:
         if self.needs_fit and not self.is_fitted:
             raise VitqbenchError(f"score {self.name!r} needs a fit: give an ID fit set (--fit DATA)")
         x = _checked(self.name, inputs, self.reads, "", self.feature_dtype)
+        present = {key: getattr(x, key) for key in SAMPLE_ARRAYS if getattr(x, key) is not None}
         bad = np.zeros(_rows(x), dtype=bool)
-        for key in ("logits", "features"):
-            if getattr(x, key) is not None:
-                bad |= ~np.isfinite(getattr(x, key)).all(1)
+        for a in present.values():
+            bad |= ~np.isfinite(a.reshape(len(a), -1)).all(1)
         if not bad.any():
             return np.asarray(self._score(x), dtype=np.float64)
         clean = {
-            key: np.where(bad[:, None], 0, getattr(x, key)).astype(getattr(x, key).dtype)
-            for key in ("logits", "features")
-            if getattr(x, key) is not None
+            key: np.where(bad.reshape(-1, *[1] * (a.ndim - 1)), 0, a).astype(a.dtype) for key, a in present.items()
         }
         out = np.asarray(self._score(dataclasses.replace(x, **clean)), dtype=np.float64)
         out[bad] = np.nan
@@ -227,7 +232,7 @@ class Score:
 
 
 def _rows(x: ScoreInputs) -> int:
-    return next(len(a) for a in (x.logits, x.features, x.labels) if a is not None)
+    return next(len(getattr(x, k)) for k in (*SAMPLE_ARRAYS, "labels") if getattr(x, k) is not None)
 
 
 def _checked(name: str, x: ScoreInputs, reads: tuple[str, ...], what: str, dtype, fit: bool = False) -> ScoreInputs:
@@ -241,6 +246,11 @@ def _checked(name: str, x: ScoreInputs, reads: tuple[str, ...], what: str, dtype
             out[key] = as_matrix(label, getattr(x, key), np.float64 if key == "logits" else dtype)
             if fit:
                 _check_finite(label, out[key])
+    for key in ATTENTION_INPUTS:
+        if key in reads:
+            out[key] = _attention_array(name, key, getattr(x, key), 3 if key == "attn_entropy" else 2)
+            if fit:
+                _check_finite(f"{what}{key} for {name!r}", out[key])
     counts = {k: len(v) for k, v in out.items()}
     if len(set(counts.values())) > 1:
         raise VitqbenchError(f"score {name!r} got " + " but ".join(f"{n} {k} rows" for k, n in counts.items()))
@@ -250,6 +260,19 @@ def _checked(name: str, x: ScoreInputs, reads: tuple[str, ...], what: str, dtype
         dim = out["features"].shape[1] if "features" in out else None
         out["head"] = _check_head(name, x.head, dim)
     return ScoreInputs(**out)
+
+
+def _attention_array(name: str, key: str, x: Any, ndim: int) -> np.ndarray:
+    """An attention output as a float64 array of ``ndim`` dimensions, or one line naming the export flag."""
+    if x is None:
+        raise VitqbenchError(
+            f"score {name!r} reads the attention output {key}, which this model lacks: "
+            "export it with `vitqbench export --attention`"
+        )
+    x = np.asarray(x)
+    if x.ndim != ndim or 0 in x.shape or not np.issubdtype(x.dtype, np.number):
+        raise VitqbenchError(f"{key} for {name!r} must be a non-empty numeric {ndim}-D array, got {x.dtype} {x.shape}")
+    return x.astype(np.float64, copy=False)
 
 
 def _check_finite(what: str, x: np.ndarray) -> None:

@@ -71,6 +71,7 @@ def report_blocks(results: EvalResults, plots: list[Path]) -> list[Block]:
         blocks += [Heading("Warnings"), Bullets([[w] for w in results.warnings])]
     blocks += _tuning_blocks(results)
     blocks += _summary(results)
+    blocks += _augment_blocks(results)
     blocks += _id_table(results)
     blocks += _models_table(results)
     blocks += _details(results)
@@ -171,7 +172,29 @@ def _attention_blocks(results: EvalResults) -> list[Block]:
               "attention from the baseline's on the same images; OOD = mean over the real (non-synthetic) OOD sets."]),
         Table(header, rows, numeric=set(range(1, 8))),
         *([Bullets(answers)] if answers else []),
+        *_rollout_table(results),
     ]  # fmt: skip
+
+
+def _rollout_table(results: EvalResults) -> list[Block]:
+    """Per quantized model, the rollout's rank correlation with the baseline's on the ID set and each OOD set."""
+    rho = {(r.model, r.dataset): r.rollout_spearman for r in results.attention if r.rollout_spearman is not None}
+    if not rho:
+        return []
+    sets = [n for n in [results.id_dataset, *(n for n, _ in ordered_ood_sets(results))] if any(d == n for _, d in rho)]
+    models = [m for m in results.models if any(k[0] == m.label for k in rho)]
+    rows = [[model_label(m), *(_num(rho.get((m.label, n)), 3) for n in sets)] for m in models]
+    header = ["model", *(f"{n} (ID)" if n == results.id_dataset else n for n in sets)]
+    return [
+        Para(["Attention rollout (the class token's, through every block, over the patches): Spearman rank "
+              "correlation with the baseline's on the same image, mean over the images; 1 = the same ranking of "
+              "patches."]),
+        Table(header, rows, numeric=set(range(1, len(header)))),
+    ]  # fmt: skip
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _fpr_note(results: EvalResults) -> str:
@@ -188,12 +211,16 @@ def _fpr_note(results: EvalResults) -> str:
 
 
 def _caption(path: Path) -> str:
-    kind = path.stem.split("_", 1)[0]
-    return {
+    kinds = {
         "delta": "Quantization deltas (quantized minus baseline)",
         "roc": "ROC curves per OOD set",
         "hist": "Score histograms, ID vs OOD",
-    }.get(kind, path.stem) + f": {path.name}"
+        "attention_entropy": "Attention entropy per block, ID vs each OOD set, per model",
+        "attention_drift": "Class-token attention drift from the baseline per block, ID vs each OOD set",
+        "attention_rollout": "Attention rollout on fixed ID and OOD images, baseline next to each quantized model",
+    }
+    kind = next((k for k in kinds if path.stem == k or path.stem.startswith(f"{k}_")), path.stem)
+    return kinds.get(kind, path.stem) + f": {path.name}"
 
 
 def _pct(value: float | None) -> str:
@@ -230,6 +257,7 @@ def _summary(results: EvalResults) -> list[Block]:
     """Per headline mean (near, far): every score x model with all four metrics and their deltas."""
     blocks: list[Block] = []
     members = mean_members(results.datasets)
+    augments = training_augments(results)
     for mean in results.headline_means:
         rows = []
         for score in results.score_names:
@@ -237,17 +265,17 @@ def _summary(results: EvalResults) -> list[Block]:
                 r = results.ood_metric(m.label, mean, score)
                 if r is None:
                     continue
-                row = [score, m.label, m.precision]
+                row = [score, m.label, *([augments[m.label]] if augments else []), m.precision]
                 for metric in delta_metrics(results):
                     row += [_pct(getattr(r, metric)), format_delta(results.delta(m.label, mean, score, metric))]
                 rows.append(row)
         if not rows:
             continue
-        header = ["score", "model", "precision"]
+        header = ["score", "model", *(["augment"] if augments else []), "precision"]
         for metric in delta_metrics(results):
             header += [METRIC_TITLES[metric], "Δ"]
         title = f"Summary: {mean_title(mean)} mean ({', '.join(members[mean])})"
-        blocks += [Heading(title), Table(header, rows, numeric=set(range(3, len(header))))]
+        blocks += [Heading(title), Table(header, rows, numeric=set(range(4 if augments else 3, len(header))))]
     return blocks
 
 
@@ -274,17 +302,86 @@ def _id_table(results: EvalResults) -> list[Block]:
     if not results.id_metrics:
         return [Heading("ID accuracy"), Para(["No ID accuracy: the ID set has no labels or no model ran on it."])]
     first = results.id_metrics[0]
-    header = ["model", "precision", "top-1 (%)", "Δ top-1", "top-5 (%)", "Δ top-5", "ECE (%)", "Δ ECE"]
+    augments = training_augments(results)
+    lead = ["model", *(["augment"] if augments else []), "precision"]
+    header = [*lead, "top-1 (%)", "Δ top-1", "top-5 (%)", "Δ top-5", "ECE (%)", "Δ ECE"]
     rows = []
     for m in results.models:
         r = results.id_metric(m.label)
         if r is None:
             continue
-        row = [m.label, m.precision]
+        row = [m.label, *([augments[m.label]] if augments else []), m.precision]
         for metric in ("top1", "top5", "ece"):
             row += [_pct(getattr(r, metric)), format_delta(results.delta(m.label, r.dataset, None, metric))]
         rows.append(row)
-    return [Heading(f"ID accuracy ({first.dataset}, n={first.n})"), Table(header, rows, numeric=set(range(2, 8)))]
+    title = f"ID accuracy ({first.dataset}, n={first.n})"
+    return [Heading(title), Table(header, rows, numeric=set(range(len(lead), len(header))))]
+
+
+def training_augments(results: EvalResults) -> dict[str, str]:
+    """Model label -> the augmentation its weights were trained with (`vitqbench train --augment`), when
+    the models differ in it (a study axis); empty when they all share one (or none says)."""
+    out = {}
+    for m in results.models:
+        train = ((m.metadata or {}).get("source") or {}).get("train") or {}
+        out[m.label] = str(train.get("augment") or "–")
+    return out if len(set(out.values())) > 1 else {}
+
+
+def _augment_blocks(results: EvalResults) -> list[Block]:
+    """Quantization deltas side by side per training augmentation: does augmentation buy robustness?"""
+    augments = training_augments(results)
+    if not augments:
+        return []
+    kinds = list(dict.fromkeys(augments.values()))
+    precisions = list(dict.fromkeys(m.precision for m in results.models if m.baseline not in (None, m.label)))
+
+    def model(augment: str, precision: str) -> ModelInfo | None:
+        return next((m for m in results.models if augments[m.label] == augment and m.precision == precision), None)
+
+    def execution(precision: str) -> str:
+        m = next(m for m in results.models if m.precision == precision)
+        return f"{precision} ({_quant_field(m, 'execution')})"
+
+    blocks: list[Block] = [
+        Heading("Quantization deltas by training augmentation"),
+        Para(["The same quantization applied to models trained with different augmentation (",
+              Code("vitqbench train --augment"), "): quantized minus its own fp32 baseline, in points, side by side."]),
+    ]  # fmt: skip
+    if results.id_metrics:
+        header = ["precision", *(f"top-1 (%) {a}" for a in kinds), *(f"Δ top-1 {a}" for a in kinds)]
+        rows = []
+        for precision in ["fp32", *precisions]:
+            found = [model(a, precision) for a in kinds]
+            values = [_pct(getattr(results.id_metric(m.label), "top1", None)) if m else "–" for m in found]
+            deltas = [
+                format_delta(results.delta(m.label, results.id_dataset, None, "top1")) if m else "–" for m in found
+            ]
+            rows.append([execution(precision) if precision != "fp32" else "fp32", *values, *deltas])
+        blocks.append(Table(header, rows, numeric=set(range(1, len(header)))))
+    fpr = results.headline_fpr
+    for mean in results.headline_means:
+        header = ["score", "precision"]
+        header += [f"{METRICS['auroc'].title} (%) {a}" for a in kinds] + [f"Δ AUROC {a}" for a in kinds]
+        header += [f"Δ {METRICS[fpr].title} {a}" for a in kinds]
+        rows = []
+        for score in results.score_names:
+            for precision in ["fp32", *precisions]:
+                found = [model(a, precision) for a in kinds]
+                if not any(m and results.ood_metric(m.label, mean, score) for m in found):
+                    continue
+                values = [_pct(getattr(results.ood_metric(m.label, mean, score), "auroc", None)) if m else "–"
+                          for m in found]  # fmt: skip
+                cells = [format_delta(results.delta(m.label, mean, score, metric)) if m else "–"
+                         for metric in ("auroc", fpr) for m in found]  # fmt: skip
+                label = "fp32" if precision == "fp32" else execution(precision)
+                rows.append([score, label, *values, *cells])
+        if rows:
+            blocks += [
+                Para([Strong(f"{mean_title(mean)} mean")]),
+                Table(header, rows, numeric=set(range(2, len(header)))),
+            ]
+    return blocks
 
 
 def _details(results: EvalResults) -> list[Block]:

@@ -7,14 +7,17 @@ from pathlib import Path
 import numpy as np
 
 from vitqbench.files import atomic_path
+from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT
 from vitqbench.report.names import unique_slugs
-from vitqbench.results import EvalResults
+from vitqbench.results import OUTPUT_PREFIX, EvalResults
 
 ARRAYS = ("logits", "features", "labels", "predictions", "paths")
+ATTENTION = (ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT)  # models from export --attention (the rollout over all tokens)
 
 
 def write_outputs(results: EvalResults, out_dir: Path) -> list[Path]:
-    """``OUT/outputs/MODEL__DATASET.npz``: logits, features, labels, predictions, paths, score_<name>.
+    """``OUT/outputs/MODEL__DATASET.npz``: logits, features, labels, predictions, paths, score_<name>,
+    and attn_cls, attn_entropy, attn_rollout for a model exported with ``--attention``.
 
     The arrays come from the results themselves (a run keeps logits and features when asked to);
     a cell whose results hold no logits has no file.
@@ -28,6 +31,7 @@ def write_outputs(results: EvalResults, out_dir: Path) -> list[Path]:
         if "logits" not in samples:
             continue
         arrays = {name: samples[name] for name in ARRAYS}
+        arrays.update({name: samples[OUTPUT_PREFIX + name] for name in ATTENTION if OUTPUT_PREFIX + name in samples})
         arrays.update({f"score_{name}": v for name, v in samples.items() if name in results.score_names})
         path = folder / f"{names[f'{model}__{dataset}']}.npz"
         with atomic_path(path, suffix=".npz") as tmp:

@@ -1,4 +1,5 @@
-"""PNG plots of one EvalResults: quantization deltas, ROC curves and score histograms.
+"""PNG plots of one EvalResults: quantization deltas, ROC curves, score histograms and (eval --attention)
+attention entropy, drift and rollout overlays.
 
 Every model keeps one style in every plot: its colour is its family (the baseline it is compared
 with; with a single family, its precision), its line style and hatch its precision, and its legend
@@ -133,6 +134,14 @@ def write_plots(results: EvalResults, plot_dir: Path, plot_scores: list[str] | N
     for score in scores:
         figures.append((f"roc_{names[score]}", lambda s=score: roc_figure(results, s)))
         figures.append((f"hist_{names[score]}", lambda s=score: histogram_figure(results, s)))
+    if results.attention:
+        figures += [("attention_entropy", lambda: attention_entropy_figure(results))]
+        figures += [("attention_drift", lambda: attention_drift_figure(results))]
+        family_names = unique_slugs(list(families(results)))
+        figures += [
+            (f"attention_rollout_{family_names[base]}", lambda ms=members: rollout_figure(results, ms))
+            for base, members in families(results).items()
+        ]
     written = []
     for stem, make in figures:  # one figure open at a time
         fig = make()
@@ -370,3 +379,115 @@ def histogram_figure(results: EvalResults, score: str):
     )
     fig.tight_layout(rect=(0, 0, 0.86, 0.97))
     return fig
+
+
+def _attention_sets(results: EvalResults) -> list[tuple[str, str]]:
+    """(dataset, colour) of the sets with attention rows: ID first (grey), then the OOD sets in report order."""
+    have = {r.dataset for r in results.attention}
+    sets = [results.id_dataset] + [n for n, _ in ordered_ood_sets(results)]
+    sets = [n for n in sets if n in have]
+    return [
+        (n, "#555555" if n == results.id_dataset else _SET_COLORS[i % len(_SET_COLORS)]) for i, n in enumerate(sets)
+    ]
+
+
+def _block_panels(results: EvalResults, models: list[ModelInfo], field: str, ylabel: str, title: str):
+    """One panel per model: ``field`` of its attention rows per block, a line per dataset (ID vs each OOD set)."""
+    sets = _attention_sets(results)
+    rows = {(r.model, r.dataset, r.block): getattr(r, field) for r in results.attention}
+    models = [m for m in models if any(rows.get((m.label, n, 0)) is not None for n, _ in sets)]
+    if not models or not sets:
+        return None
+    plt = _plt()
+    cols = min(len(models), 4)
+    nrows = -(-len(models) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.8 * nrows), sharey=True, squeeze=False)
+    for ax, m in zip(axes.flat, models, strict=False):
+        for name, color in sets:
+            blocks = sorted(b for (mm, n, b) in rows if mm == m.label and n == name and rows[(mm, n, b)] is not None)
+            if not blocks:
+                continue
+            style = "-" if name == results.id_dataset else "--"
+            label = f"{name} (ID)" if name == results.id_dataset else name
+            values = [rows[(m.label, name, b)] for b in blocks]
+            ax.plot(blocks, values, color=color, linestyle=style, marker="o", markersize=3, linewidth=1.3, label=label)
+        ax.set_title(model_label(m), fontsize=8)
+        ax.set_xlabel("block", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.tick_params(labelsize=7)
+        ax.grid(color="#eeeeee", linewidth=0.6)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=7, frameon=False, bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
+    return fig
+
+
+def attention_entropy_figure(results: EvalResults):
+    """Mean attention entropy per block, ID vs each OOD set, one panel per model (precision)."""
+    return _block_panels(
+        results, results.models, "entropy", "attention entropy (nats)", "Attention entropy per block, ID vs OOD sets"
+    )
+
+
+def attention_drift_figure(results: EvalResults):
+    """Jensen-Shannon drift of the class token's attention from the baseline, per block, per quantized model."""
+    return _block_panels(
+        results,
+        _quantized(results),
+        "drift_js",
+        "JS divergence (bits)",
+        "Class-token attention drift from the baseline per block, ID vs OOD sets",
+    )
+
+
+def rollout_figure(results: EvalResults, members: list[ModelInfo]):
+    """The fixed images (rows) with each model's class-token rollout over them (columns, baseline first)."""
+    maps = {(a.model, a.dataset, a.index): a for a in results.attention_maps}
+    labels = [m.label for m in members if any(k[0] == m.label for k in maps)]
+    images = list(dict.fromkeys((d, i) for (m, d, i) in maps if m in labels))
+    if not labels or not images:
+        return None
+    roles = {(a.dataset, a.index): a.role for a in results.attention_maps}
+    styles = model_styles(results)
+    plt = _plt()
+    cols = len(labels) + 1  # the image alone, then each model's rollout over it
+    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 1.9 * len(images) + 0.4), squeeze=False)
+    for row, (dataset, index) in enumerate(images):
+        image = results.attention_images.get((dataset, index))
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if image is not None:
+            _show_image(axes[row][0], image, image.shape[:2])
+        else:
+            axes[row][0].set_visible(False)
+        role = "ID" if roles[(dataset, index)] == "id" else "OOD"
+        axes[row][0].set_ylabel(f"{dataset} ({role})\n#{index}", fontsize=7)
+        for col, label in enumerate(labels, start=1):
+            ax = axes[row][col]
+            a = maps.get((label, dataset, index))
+            if a is None:
+                ax.set_visible(False)
+                continue
+            size = image.shape[:2] if image is not None else a.grid
+            if image is not None:
+                _show_image(ax, image, size)
+            ax.imshow(np.asarray(a.rollout).reshape(a.grid), cmap="inferno", alpha=0.6 if image is not None else 1.0,
+                      extent=(0, size[1], size[0], 0), interpolation="nearest")  # fmt: skip
+    axes[0][0].set_title("image", fontsize=7)
+    for col, label in enumerate(labels, start=1):
+        axes[0][col].set_title(styles[label].label.replace(" (", "\n("), fontsize=7)
+    fig.suptitle("Class-token attention rollout over the patches (brighter = more attention)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.9 * len(images) + 0.4)))
+    return fig
+
+
+def _show_image(ax, image: np.ndarray, size: tuple[int, int]) -> None:
+    gray = image.shape[-1] == 1
+    ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, extent=(0, size[1], size[0], 0))
