@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -186,6 +188,16 @@ def test_eval_attention_rows_drift_and_report(attention_onnx, tmp_path, run_cli)
     export_model("deit_tiny_patch16_224", plain, pretrained=False, model_kwargs=TINY, verify=False)
     result = run_cli("eval", "-m", plain, "--id", "digits:test:n=10", "--attention", "-o", tmp_path / "o2")
     assert result.code == 2 and "plain has no attention outputs" in result.stderr
+    # Beside a model that has them: its attention cells fail in one line, the rest of the run goes on.
+    out = tmp_path / "o3"
+    result = run_cli(
+        "eval", "-m", attention_onnx, "-m", plain, "--id", "digits:test:n=10", "--attention", "-o", out,
+        "--cache-dir", tmp_path / "c3",
+    )  # fmt: skip
+    assert result.code != 0 and "plain" in result.stderr and "export --attention" in result.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in data["attention"]} == {"attn"}
+    assert {r["model"] for r in data["id_metrics"]} == {"attn", "plain"}
 
 
 def test_attention_scores_run_where_the_outputs_are_and_fail_in_one_line_where_not(attention_onnx, tmp_path):

@@ -21,7 +21,7 @@ from scipy.stats import rankdata
 from vitqbench.errors import VitqbenchError
 from vitqbench.evaluate.cache import OutputCache, Outputs
 from vitqbench.metadata import ATTN_CLS, ATTN_ENTROPY, ATTN_ROLLOUT, ModelMetadata, attention_layout
-from vitqbench.results import AttentionMap, AttentionRow, DatasetInfo, ModelInfo
+from vitqbench.results import AttentionMap, AttentionRow, DatasetInfo, Failure, ModelInfo
 
 if TYPE_CHECKING:
     from vitqbench.data import Dataset
@@ -44,14 +44,17 @@ def patch_rollout(out: Outputs, model: ModelInfo) -> np.ndarray | None:
     return rollout[:, prefix:]
 
 
-def check_attention_models(metas: dict[str, ModelMetadata]) -> None:
-    """--attention reads outputs only ``export --attention`` writes: one line naming the models without."""
+def attention_failures(metas: dict[str, ModelMetadata]) -> list[Failure]:
+    """--attention reads outputs only ``export --attention`` writes: a failure per model without them
+    (one line naming the flag); when no model has them, one error before anything runs."""
     missing = [label for label, meta in metas.items() if ATTN_CLS not in meta.outputs]
-    if missing:
+    if missing and len(missing) == len(metas):
         raise VitqbenchError(
             f"--attention needs models exported with `vitqbench export --attention`; {', '.join(missing)} "
             f"{'has' if len(missing) == 1 else 'have'} no attention outputs"
         )
+    reason = VitqbenchError("no attention outputs: export the model with `vitqbench export --attention`")
+    return [Failure.of(label, None, "attention", reason) for label in missing]
 
 
 def attention_rows(

@@ -101,7 +101,7 @@ def run_eval(config: EvalConfig, executor: Executor | None = None) -> EvalResult
     models = _load_models(config, failures)
     if not models:
         raise VitqbenchError("no model could be loaded: " + "; ".join(f.describe() for f in failures))
-    _check_outputs(config, models, specs)
+    _check_outputs(config, models, specs, failures)
     dropped = dropped_feature_scores(config)
     if dropped:
         warnings.append(f"feature scores {', '.join(dropped)} skipped: they need --fit DATA (e.g. the ID training set)")
@@ -355,12 +355,13 @@ def dropped_feature_scores(config: EvalConfig) -> list[str]:
     return [s.label for s in default_score_specs(True) if s.label not in kept]
 
 
-def _check_outputs(config: EvalConfig, models: list[_Model], specs: list[ScoreSpec]) -> None:
-    """What the scores and --attention read must be in every model: refuse before inference."""
+def _check_outputs(config: EvalConfig, models: list[_Model], specs: list[ScoreSpec], failures: list[Failure]) -> None:
+    """What the scores read must be in every model (refused before inference); a model without the
+    attention outputs fails its attention cells in one line and the rest of the run goes on."""
     if config.attention:
-        from vitqbench.evaluate.attention import check_attention_models
+        from vitqbench.evaluate.attention import attention_failures
 
-        check_attention_models({m.info.label: m.meta for m in models})
+        failures += attention_failures({m.info.label: m.meta for m in models})
     _check_heads(models, specs)
 
 
