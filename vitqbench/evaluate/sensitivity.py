@@ -29,7 +29,7 @@ from vitqbench.evaluate.run import FIT, EvalConfig, run_eval
 from vitqbench.evaluate.scoring import ScoreSpec, default_score_specs, parse_score_specs
 from vitqbench.metadata import get_metadata, load_onnx, read_head
 from vitqbench.ood.metrics import OOD_METRICS, headline_fpr
-from vitqbench.results import LOGIT_ERROR, MEAN, EvalResults, SensitivityResults, UnitSensitivity
+from vitqbench.results import LOGIT_ERROR, MEAN, EvalResults, SensitivityResults, UnitSensitivity, mean_members
 
 ID_KEYS = ("top1", LOGIT_ERROR)
 OOD_KEYS = ("auroc", "aupr_out", "fpr95")  # fpr95: the run's headline FPR@95 convention
@@ -198,7 +198,7 @@ def run_sensitivity(config: SensitivityConfig) -> SensitivityResults:
     named = named_copy(model)
     units = find_units(named, meta, config.granularity)
     sizes = unit_weight_bytes(named, meta, units)
-    builder = _UnitModels(config, model, meta, units)
+    builder = _UnitModels(config, model, meta, units, sizes)
     paths = builder.unit_models()
     results = _evaluate(config, [(label, path) for label, (_, _, path) in paths.items()])
     rows, uniform, fp32 = _rows(config, results, specs, paths, sizes)
@@ -225,11 +225,13 @@ def run_sensitivity(config: SensitivityConfig) -> SensitivityResults:
 class _UnitModels:
     """The unit models of every precision (and the uniform one), written once and reused while valid."""
 
-    def __init__(self, config: SensitivityConfig, model: Any, meta: Any, units: list[Any]) -> None:
+    def __init__(
+        self, config: SensitivityConfig, model: Any, meta: Any, units: list[Any], sizes: dict[str, dict[str, int]]
+    ) -> None:
         from vitqbench.files import sha256_file
         from vitqbench.quant.mixed import named_copy
 
-        self.config, self.model, self.meta, self.units = config, model, meta, units
+        self.config, self.model, self.meta, self.units, self.sizes = config, model, meta, units, sizes
         self.named = named_copy(model)
         self.sha256 = sha256_file(config.model)
         self.folder = config.out / "models"
@@ -254,7 +256,7 @@ class _UnitModels:
             everything = {u.name: precision for u in self.units}
             wanted = {ALL_UNITS: everything}
             for unit in self.units:
-                if _quantizes(unit, precision, self.named):
+                if self._quantizes(unit.name, precision):
                     wanted[unit.name] = {unit.name: precision}
             missing = {n: a for n, a in wanted.items() if not self._valid(self._path(precision, n), a)}
             if missing:
@@ -262,6 +264,13 @@ class _UnitModels:
             for name in wanted:
                 out[f"{precision}.{name}"] = (name, precision, self._path(precision, name))
         return out
+
+    def _quantizes(self, unit: str, precision: str) -> bool:
+        """Whether ``precision`` changes anything in ``unit``: a weightless unit (an attention matmul)
+        has nothing to quantize at a weight-only precision (w4)."""
+        from vitqbench.quant.mixed import UNIT_PRECISIONS
+
+        return UNIT_PRECISIONS[precision][1] is not None or self.sizes[unit]["fp32"] > 0
 
     def _path(self, precision: str, name: str) -> Path:
         return self.folder / precision / f"{name}.onnx"
@@ -300,7 +309,7 @@ class _UnitModels:
             quantized, record = scheme.write(calibrated, meta, node_precisions(self.units, assignment))
             path = self._path(precision, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_quantized(self.config.model, path, meta, quantized, record, self.calib_set())
+            save_quantized(self.config.model, path, meta, quantized, record, self.calib_set(), self.sha256)
             if self.config.progress and (done % 10 == 0 or done == len(missing)):
                 print(f"sensitivity: {precision}: wrote {done}/{len(missing)} unit models", flush=True)
 
@@ -314,19 +323,6 @@ class _UnitModels:
             path.parent.mkdir(parents=True, exist_ok=True)
             quantize_model(self.config.model, path, scheme, self.config.calib, progress=self.config.progress)
         return path
-
-
-def _quantizes(unit: Any, precision: str, model: Any) -> bool:
-    """Whether ``precision`` changes anything in ``unit`` (an attention matmul has no weights: w4 skips it)."""
-    from vitqbench.quant.mixed import UNIT_PRECISIONS
-
-    _, act_bits = UNIT_PRECISIONS[precision]
-    if act_bits is not None:
-        return True
-    weights = {i.name for i in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    named = [nodes[n] for n in unit.nodes if n in nodes]
-    return not named or any(len(n.input) > 1 and n.input[1] in weights for n in named)
 
 
 def _evaluate(config: SensitivityConfig, models: list[tuple[str, Path]]) -> EvalResults:
@@ -345,19 +341,29 @@ def _evaluate(config: SensitivityConfig, models: list[tuple[str, Path]]) -> Eval
     return results
 
 
-def _values(results: EvalResults, label: str, specs: list[ScoreSpec]) -> dict[str, float]:
-    """The absolute values (points) of one model: top1 and each score's mean OOD metrics."""
-    fpr = headline_fpr(results.settings.get("fpr_convention", "openood"))
-    out: dict[str, float] = {}
+def _values(results: EvalResults, label: str) -> dict[str, float]:
+    """The absolute values (points) of one model: top-1, logit error against the ``fp32`` model and
+    each score's mean OOD metrics."""
+    out: dict[str, float] = {LOGIT_ERROR: _logit_error(results, label)}
     for row in results.id_metrics:
         if row.model == label and row.top1 is not None:
             out["top1"] = 100 * row.top1
-    names = {"auroc": "auroc", "aupr_out": "aupr_out", "fpr95": fpr}
+    names = _ood_metric_names(results)
     for row in results.ood_metrics:
         if row.model == label and row.dataset == MEAN:
             for key, name in names.items():
                 out[f"{row.score}.{key}"] = 100 * getattr(row, name)
     return out
+
+
+def _ood_metric_names(results: EvalResults) -> dict[str, str]:
+    """Our OOD keys -> the metric fields they read (fpr95: the run's headline FPR@95 convention)."""
+    fpr = headline_fpr(results.settings.get("fpr_convention", "openood"))
+    return {"auroc": "auroc", "aupr_out": "aupr_out", "fpr95": fpr}
+
+
+def _id_name(results: EvalResults) -> str:
+    return next(d.name for d in results.datasets if d.role == "id")
 
 
 def _rows(
@@ -367,8 +373,7 @@ def _rows(
     paths: dict[str, tuple[str, str, Path]],
     sizes: dict[str, dict[str, int]],
 ) -> tuple[list[UnitSensitivity], list[UnitSensitivity], dict[str, float]]:
-    fp32 = _values(results, "fp32", specs)
-    fp32[LOGIT_ERROR] = 0.0
+    fp32 = _values(results, "fp32")
     fitted = _fp32_fitted(config, results, specs)
     fp32.update({k + FP32_FIT: v for k, v in _fp32_fit_values(results, "fp32", fitted).items()})
     rows, uniform = [], []
@@ -376,8 +381,7 @@ def _rows(
     for label, (unit, precision, _) in paths.items():
         if label == "fp32":
             continue
-        values = _values(results, label, specs)
-        values[LOGIT_ERROR] = _logit_error(results, label, config.eval.id_name or config.eval.id)
+        values = _values(results, label)
         values.update({k + FP32_FIT: v for k, v in _fp32_fit_values(results, label, fitted).items()})
         deltas = {k: v - fp32[k] for k, v in values.items() if k in fp32}
         weight = sum(sizes[u][precision] for u in sizes) if unit == ALL_UNITS else sizes[unit][precision]
@@ -386,7 +390,8 @@ def _rows(
     return rows, uniform, fp32
 
 
-def _logit_error(results: EvalResults, label: str, id_name: str) -> float:
+def _logit_error(results: EvalResults, label: str) -> float:
+    id_name = _id_name(results)
     ref = results.samples[("fp32", id_name)]["logits"].astype(np.float64)
     got = results.samples[(label, id_name)]["logits"].astype(np.float64)
     return float(100 * np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-12))
@@ -421,9 +426,8 @@ def _fp32_fit_values(results: EvalResults, label: str, fitted: dict[str, Any]) -
 
     if not fitted:
         return {}
-    fpr = headline_fpr(results.settings.get("fpr_convention", "openood"))
-    id_name = next(d.name for d in results.datasets if d.role == "id")
-    oods = [d.name for d in results.datasets if d.role == "ood" and d.group != "synthetic"]
+    id_name = _id_name(results)
+    oods = mean_members(results.datasets).get(MEAN, [])  # the real OOD sets, as eval's mean
     out = {}
     for name, (score, head) in fitted.items():
         id_scores = score.score(_inputs(results.samples[(label, id_name)], head, ScoreInputs))
@@ -433,7 +437,7 @@ def _fp32_fit_values(results: EvalResults, label: str, fitted: dict[str, Any]) -
         if not rows:
             continue
         mean = mean_metrics(rows)
-        for key, metric in {"auroc": "auroc", "aupr_out": "aupr_out", "fpr95": fpr}.items():
+        for key, metric in _ood_metric_names(results).items():
             out[f"{name}.{key}"] = 100 * getattr(mean, metric)
     return out
 
@@ -502,7 +506,7 @@ def _plan(
     if unknown:
         raise VitqbenchError(f"--candidates {', '.join(unknown)} were not measured: add them to --scheme")
     deltas = {(r.unit, r.precision): r.deltas for r in rows if r.precision in candidates}
-    units = [u for u in sizes]
+    units = list(sizes)
     rounds = []
     shift = {c.key: 0.0 for c in constraints}
     for _ in range(VERIFY_ROUNDS):
@@ -513,10 +517,7 @@ def _plan(
         }
         path = builder.mixed(assignment)
         results = _evaluate(config, [("fp32", config.model), ("mixed", path)])
-        measured = _values(results, "mixed", specs)
-        base = _values(results, "fp32", specs)
-        measured[LOGIT_ERROR] = _logit_error(results, "mixed", config.eval.id_name or config.eval.id)
-        base[LOGIT_ERROR] = 0.0
+        measured, base = _values(results, "mixed"), _values(results, "fp32")
         verified = {c.key: measured[c.key] - base[c.key] for c in constraints}
         measured_all = {k: v - base[k] for k, v in measured.items() if k in base}
         rounds.append(

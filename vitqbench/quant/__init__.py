@@ -72,7 +72,6 @@ def quantize_model(
     config = create_scheme(scheme) if isinstance(scheme, str) else scheme
     config = config.resolved(calib is not None)
     config.check()
-    config.check_model_file(in_path)
     if out_path.resolve() == in_path.resolve():
         raise VitqbenchError("the output would overwrite the input; choose another -o path")
     if config.needs_calibration and calib is None:
@@ -83,21 +82,35 @@ def quantize_model(
         raise VitqbenchError(
             f"{in_path} is already quantized ({meta.precision}); quantize its full-precision parent instead"
         )
+    parent_sha256 = sha256_file(in_path)
+    config.check_input(model, meta, parent_sha256, in_path.name)
     calib_set = calibration_set(calib, meta.data_config, progress=progress) if config.needs_calibration else None
     # A scheme that replaces the head points ``meta.head`` at the head it computes with (attach_head).
     quantized, record = config.quantize(model, meta, calib_set, progress=progress)
-    return save_quantized(in_path, out_path, meta, quantized, record, calib_set)
+    return save_quantized(in_path, out_path, meta, quantized, record, calib_set, parent_sha256)
 
 
 def save_quantized(
-    in_path: Path, out_path: Path, meta: ModelMetadata, quantized: onnx.ModelProto, record: QuantRecord, calib_set: Any
+    in_path: Path,
+    out_path: Path,
+    meta: ModelMetadata,
+    quantized: onnx.ModelProto,
+    record: QuantRecord,
+    calib_set: Any,
+    parent_sha256: str | None = None,
 ) -> ModelMetadata:
-    """Write ``quantized`` atomically with ``meta`` (the parent's, its head already pointed) and the record."""
+    """Write ``quantized`` atomically with ``meta`` (the parent's, its head already pointed) and the record.
+
+    ``parent_sha256``: the input file's hash when the caller has it (else it is read here)."""
     meta.quantization = {
         **record.as_dict(),
         "calibration": calib_set.record() if calib_set is not None else None,
         "seed": calib_set.config.seed if calib_set is not None else None,
-        "parent": {"file": in_path.name, "sha256": sha256_file(in_path), "display_name": meta.display_name},
+        "parent": {
+            "file": in_path.name,
+            "sha256": parent_sha256 or sha256_file(in_path),
+            "display_name": meta.display_name,
+        },
     }  # no timings: the same inputs give the same bytes, so eval's cache (keyed on the file hash) holds
     # The 4-bit qdq format needs a newer opset than the export's.
     meta.opset = next((o.version for o in quantized.opset_import if o.domain in ("", "ai.onnx")), meta.opset)

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 
 from vitqbench.errors import VitqbenchError
-from vitqbench.files import sha256_file, write_text_atomic
-from vitqbench.metadata import ModelMetadata, get_metadata, load_onnx
+from vitqbench.files import write_text_atomic
+from vitqbench.metadata import ModelMetadata
 from vitqbench.quant.execution import execution_summary
 from vitqbench.quant.int4_graph import find_layers
 from vitqbench.quant.int8 import _name_nodes
@@ -125,13 +125,12 @@ class MixedPlan:
             raise VitqbenchError(f"cannot read plan {path}: {exc}") from exc
         return cls.from_dict(data, origin=str(path))
 
-    def check_model(self, model_path: Path) -> None:
-        """Refuse a plan made for another model file, in one line."""
-        sha = sha256_file(model_path)
-        if sha != self.model_sha256:
+    def check_parent(self, sha256: str, file: str) -> None:
+        """Refuse a plan made for another model file (``sha256`` of ``file``), in one line."""
+        if sha256 != self.model_sha256:
             raise VitqbenchError(
                 f"the plan was made for another model ({self.model_file or 'unnamed'}, sha256 "
-                f"{self.model_sha256[:12]}), not {Path(model_path).name} (sha256 {sha[:12]})"
+                f"{self.model_sha256[:12]}), not {file} (sha256 {sha256[:12]})"
             )
 
     def scheme(self, **run_options: Any) -> MixedConfig:
@@ -182,12 +181,11 @@ class MixedConfig(WxAxConfig):
         for precision in self.units.values():
             check_unit_precision(precision)
 
-    def check_model_file(self, path: Path) -> None:
+    def check_input(self, model: onnx.ModelProto, meta: ModelMetadata, sha256: str, file: str) -> None:
         """The plan's model (by hash) and every unit it names in that graph, before any calibration."""
         if self.model_sha256:
-            self.plan().check_model(path)
-        model = load_onnx(path)
-        self.node_precisions(named_copy(model), get_metadata(model, origin=str(path)))
+            self.plan().check_parent(sha256, file)
+        self.node_precisions(named_copy(model), meta)
 
     def plan(self) -> MixedPlan:
         return MixedPlan(self.model_sha256, self.granularity, dict(self.units), self.recipe())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import onnx
@@ -74,8 +73,9 @@ class SchemeConfig:
     def check(self) -> None:
         """Raise one line for option values the scheme cannot use."""
 
-    def check_model_file(self, path: Path) -> None:
-        """Raise one line when the config was made for another input file (a mixed plan)."""
+    def check_input(self, model: onnx.ModelProto, meta: ModelMetadata, sha256: str, file: str) -> None:
+        """Raise one line when the config cannot apply to this input (a mixed plan made for another
+        model, or naming units its graph lacks); called before any calibration."""
 
     def quantize(
         self, model: onnx.ModelProto, meta: ModelMetadata, calib: Any, progress: bool = True

@@ -207,8 +207,9 @@ def plan(
     producers = _producers(graph)
     uniform: Precision = (config.weight_bits, config.act_bits)
     out = Plan()
-    heads = {layer.node.name for layer in find_layers(graph, meta) if layer.is_head}
-    layer_names = {layer.node.name for layer in find_layers(graph, meta)}
+    layers = find_layers(graph, meta)
+    heads = {layer.node.name for layer in layers if layer.is_head}
+    layer_names = {layer.node.name for layer in layers}
     float_tensors = _float_tensors(model) if precisions is None and config.quantize_ops == "all" else set()
     for node in graph.node:
         widths = uniform if precisions is None else precisions.get(node.name)

@@ -13,8 +13,13 @@ from vitqbench.files import write_text_atomic
 from vitqbench.report.document import Block, Bullets, Code, Heading, Image, Para, Table, to_markdown
 from vitqbench.results import LOGIT_ERROR, SensitivityResults, UnitSensitivity
 
-TITLES = {"top1": "Δ top-1", LOGIT_ERROR: "logit error %", "auroc": "Δ AUROC", "aupr_out": "Δ AUPR-out"}
-TITLES["fpr95"] = "Δ FPR@95"
+TITLES = {
+    "top1": "Δ top-1",
+    LOGIT_ERROR: "logit error %",
+    "auroc": "Δ AUROC",
+    "aupr_out": "Δ AUPR-out",
+    "fpr95": "Δ FPR@95",
+}
 
 
 def write_sensitivity(results: SensitivityResults, out_dir: Path) -> list[Path]:
