@@ -217,7 +217,7 @@ def run_sensitivity(config: SensitivityConfig) -> SensitivityResults:
         warnings=list(results.warnings),
     )
     if constraints:
-        out.plan = _plan(config, builder, specs, constraints, rows, sizes, fp32)
+        out.plan = _plan(config, builder, constraints, rows, sizes)
     out.wall_s = time.perf_counter() - start
     return out
 
@@ -493,11 +493,9 @@ def _ranks(harm: list[float]) -> np.ndarray:
 def _plan(
     config: SensitivityConfig,
     builder: _UnitModels,
-    specs: list[ScoreSpec],
     constraints: list[Constraint],
     rows: list[UnitSensitivity],
     sizes: dict[str, dict[str, int]],
-    fp32: dict[str, float],
 ) -> dict[str, Any]:
     from vitqbench.quant.mixed import MixedPlan
 

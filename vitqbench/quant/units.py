@@ -81,6 +81,3 @@ def _layer_units(group: str, nodes: list[onnx.NodeProto], layers: set[str]) -> l
         return [Unit(f"{group}.{named[n.name]}", (n.name,)) for n in nodes]
     return [Unit(f"{group}.{n.op_type.lower()}{i}", (n.name,)) for i, n in enumerate(nodes)]
 
-
-def unit_names(units: list[Unit]) -> list[str]:
-    return [u.name for u in units]
