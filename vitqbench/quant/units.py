@@ -80,4 +80,3 @@ def _layer_units(group: str, nodes: list[onnx.NodeProto], layers: set[str]) -> l
         named.update(zip((n.name for n in matmuls), BLOCK_MATMULS, strict=True))
         return [Unit(f"{group}.{named[n.name]}", (n.name,)) for n in nodes]
     return [Unit(f"{group}.{n.op_type.lower()}{i}", (n.name,)) for i, n in enumerate(nodes)]
-
