@@ -209,7 +209,8 @@ def heatmap(results: SensitivityResults, precision: str, path: Path) -> Path | N
         for j in range(len(keys)):
             if np.isfinite(values[i, j]):
                 ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", fontsize=6)
-    ax.set_title(f"{results.model}: {precision}, one {results.granularity} at a time", fontsize=9)
+    executions = ", ".join(sorted({r.execution or "float" for r in rows}))  # how ORT ran these models
+    ax.set_title(f"{results.model}: {precision} ({executions}), one {results.granularity} at a time", fontsize=9)
     fig.colorbar(image, ax=ax, label="harm (red) / gain (blue), points")
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)
